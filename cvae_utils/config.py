@@ -1,0 +1,98 @@
+"""Configuration: the one place where sizes, rates and run lengths live.
+
+`CVAEConfig` holds every hyperparameter of the baseline and the CVAE (the chapters on the
+baseline and on the CVAE in Pyro explain each choice). `Budget` says how much data and how many
+epochs a run may use; the environment variable ``CVAE_BUDGET`` picks one of three named budgets
+(``smoke`` for tests and CI, ``quick`` for a laptop, ``paper`` for the full protocol) so that the
+same book builds in minutes or reproduces the paper. Both are frozen dataclasses, so a run is
+described completely by ``(config, budget, num_quadrants)``; the cache hashes exactly that.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+
+__all__ = ["CVAEConfig", "Budget", "BUDGETS", "get_budget", "tutorial_config"]
+
+
+@dataclass(frozen=True)
+class CVAEConfig:
+    """Hyperparameters of the baseline and the CVAE. Defaults follow the Pyro tutorial."""
+
+    hidden_1: int = 500          # width of the first hidden layer of every MLP
+    hidden_2: int = 500          # width of the second hidden layer of every MLP
+    z_dim: int = 200             # size of the Gaussian latent variable z
+    decoder_sees_x: bool = False  # generation network p(y|x,z) also reads x (tutorial: only z)
+    scale: str = "exp"           # positive scale of the Gaussians: "exp" (tutorial) or "softplus"
+    baseline_lr: float = 1e-3    # Adam learning rate of the baseline MLP
+    cvae_lr: float = 1e-3        # Adam learning rate of the CVAE (Pyro SVI)
+    batch_size: int = 128        # images per gradient step
+    patience: int = 3            # epochs without validation improvement before stopping
+    seed: int = 0                # seeds weights, shuffling and sampling: same seed, same numbers
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_1", "hidden_2", "z_dim", "batch_size", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"CVAEConfig.{name} must be a positive int, got {value!r}")
+        for name in ("baseline_lr", "cvae_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"CVAEConfig.{name} must be a positive number, got {value!r}")
+        if self.scale not in ("exp", "softplus"):
+            raise ValueError(f"CVAEConfig.scale must be 'exp' or 'softplus', got {self.scale!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "CVAEConfig":
+        """A copy with some fields changed, e.g. ``config.replace(decoder_sees_x=True)``."""
+        return replace(self, **changes)
+
+
+def tutorial_config() -> CVAEConfig:
+    """The configuration of the Pyro tutorial, kept as the book's reference row."""
+    return CVAEConfig()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much data and how many epochs a run may use."""
+
+    name: str        # "smoke", "quick" or "paper"
+    num_train: int   # training images (at most 50,000)
+    num_val: int     # validation images for early stopping (at most 10,000)
+    num_test: int    # test images for the evaluation table (at most 10,000)
+    max_epochs: int  # upper bound on epochs; early stopping usually ends sooner
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+BUDGETS = {
+    # seconds: a few hundred images, one epoch; for tests and CI
+    "smoke": Budget("smoke", num_train=512, num_val=256, num_test=256, max_epochs=1),
+    # minutes on a laptop CPU: a fifth of the data, a handful of epochs
+    "quick": Budget("quick", num_train=10_000, num_val=2_000, num_test=2_000, max_epochs=8),
+    # the full protocol: all data, up to 100 epochs with early stopping
+    "paper": Budget("paper", num_train=50_000, num_val=10_000, num_test=10_000, max_epochs=100),
+}
+
+DEFAULT_BUDGET = "paper"
+
+
+def get_budget(name: str | Budget | None = None) -> Budget:
+    """Return the named budget; with no name, the one in ``CVAE_BUDGET`` (default ``paper``)."""
+    if isinstance(name, Budget):
+        return name
+    source = "argument"
+    if name is None:
+        name = os.environ.get("CVAE_BUDGET", DEFAULT_BUDGET)
+        source = "environment variable CVAE_BUDGET"
+    key = str(name).strip().lower()
+    if key not in BUDGETS:
+        raise ValueError(
+            f"unknown budget {name!r} (from the {source}); choose one of "
+            f"{', '.join(BUDGETS)}, e.g. CVAE_BUDGET=smoke"
+        )
+    return BUDGETS[key]

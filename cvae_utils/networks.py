@@ -1,0 +1,189 @@
+"""The networks: the baseline MLP, the CVAE's encoders and decoder, and its Pyro model and guide.
+
+Chapter "The baseline" explains `BaselineNet` and `masked_bce`; chapter "The CVAE in Pyro" shows
+`CVAE.model` and `CVAE.guide` straight from this file. Conventions: images are flattened to
+(batch, 784); in x a missing pixel is -1, in y a pixel that is not an output is -1, so each tensor
+carries its own mask. Networks return logits (unbounded scores) and the likelihoods are Bernoulli
+with logits, which is the numerically stable form of sigmoid followed by binary cross-entropy.
+"""
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CVAEConfig
+
+__all__ = ["BaselineNet", "Encoder", "Decoder", "CVAE", "masked_bce", "fill_missing", "NUM_PIXELS"]
+
+NUM_PIXELS = 784
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], NUM_PIXELS) if t.shape[-2:] == (28, 28) else t
+
+
+def fill_missing(x: torch.Tensor, guess: torch.Tensor) -> torch.Tensor:
+    """x with its missing pixels (-1) replaced by ``guess``: one complete image per row."""
+    return torch.where(x == -1, guess, x)
+
+
+def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bernoulli negative log-likelihood of the output pixels, summed per image, in nats.
+
+    ``logits``: (batch, 784) scores of the predicted pixel probabilities; ``y``: (batch, 784) with
+    the true output pixels and -1 elsewhere. Pixels where y is -1 contribute nothing. Returns
+    (batch,). Grey values in (0, 1) are used as soft targets, as is usual for MNIST.
+    """
+    logits, y = _flat(logits), _flat(y)
+    if logits.shape != y.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and y {tuple(y.shape)} must match")
+    is_output = y >= 0
+    target = y.clamp(min=0)
+    nll = F.softplus(logits) - target * logits  # -[t log s(l) + (1-t) log(1-s(l))]
+    return torch.where(is_output, nll, torch.zeros_like(nll)).sum(-1)
+
+
+class BaselineNet(nn.Module):
+    """The deterministic baseline: 784-500-500-784 MLP from x to the pixel probabilities of y."""
+
+    def __init__(self, config: CVAEConfig | None = None):
+        super().__init__()
+        config = config or CVAEConfig()
+        self.net = nn.Sequential(
+            nn.Linear(NUM_PIXELS, config.hidden_1), nn.ReLU(),
+            nn.Linear(config.hidden_1, config.hidden_2), nn.ReLU(),
+            nn.Linear(config.hidden_2, NUM_PIXELS),
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(_flat(x))  # (batch, 784)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel probabilities (sigmoid of the logits), (batch, 784)."""
+        return torch.sigmoid(self.logits(x))
+
+
+class Encoder(nn.Module):
+    """784-500-500 MLP to the loc and positive scale of a diagonal Gaussian over z.
+
+    Used twice: as the prior network p(z|x) and as the recognition network q(z|x,y). Both read a
+    complete 784-pixel image: x with its missing pixels filled in (by the baseline's guess for the
+    prior, by the true y for the recognition network).
+    """
+
+    def __init__(self, config: CVAEConfig | None = None):
+        super().__init__()
+        config = config or CVAEConfig()
+        self.body = nn.Sequential(
+            nn.Linear(NUM_PIXELS, config.hidden_1), nn.ReLU(),
+            nn.Linear(config.hidden_1, config.hidden_2), nn.ReLU(),
+        )
+        self.loc = nn.Linear(config.hidden_2, config.z_dim)
+        self.log_scale = nn.Linear(config.hidden_2, config.z_dim)  # pre-activation of the scale
+        self.positive = torch.exp if config.scale == "exp" else F.softplus
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.body(_flat(image))                       # (batch, hidden_2)
+        return self.loc(hidden), self.positive(self.log_scale(hidden))  # (batch, z_dim) twice
+
+
+class Decoder(nn.Module):
+    """The generation network p(y|x,z): z (and x if ``decoder_sees_x``) to the logits of y."""
+
+    def __init__(self, config: CVAEConfig | None = None):
+        super().__init__()
+        config = config or CVAEConfig()
+        self.sees_x = config.decoder_sees_x
+        in_features = config.z_dim + (NUM_PIXELS if self.sees_x else 0)
+        self.net = nn.Sequential(
+            nn.Linear(in_features, config.hidden_1), nn.ReLU(),
+            nn.Linear(config.hidden_1, config.hidden_2), nn.ReLU(),
+            nn.Linear(config.hidden_2, NUM_PIXELS),
+        )
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.sees_x:
+            # x may carry extra leading sample dimensions of z: broadcast it to z's
+            z = torch.cat([z, _flat(x).expand(*z.shape[:-1], NUM_PIXELS)], dim=-1)
+        return self.net(z)  # (..., batch, 784) logits
+
+
+class CVAE(nn.Module):
+    """The conditional VAE of Sohn et al. (2015) built on a frozen, pre-trained baseline.
+
+    Three networks: the prior p(z|x) reads x completed by the baseline's guess; the recognition
+    network q(z|x,y) reads x completed by the true y; the generation network p(y|x,z) turns z into
+    pixel logits. `model` and `guide` are the Pyro programs trained with SVI.
+    """
+
+    def __init__(self, baseline: BaselineNet, config: CVAEConfig | None = None):
+        super().__init__()
+        self.config = config or CVAEConfig()
+        self.baseline = baseline.requires_grad_(False).eval()  # frozen: trained beforehand
+        self.prior_net = Encoder(self.config)
+        self.recognition_net = Encoder(self.config)
+        self.generation_net = Decoder(self.config)
+
+    def baseline_guess(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen baseline's prediction of the missing pixels, (batch, 784), no gradient."""
+        with torch.no_grad():
+            return self.baseline(_flat(x))
+
+    def prior(self, x: torch.Tensor, y_hat: torch.Tensor | None = None) -> dist.Normal:
+        """p(z|x) as a batch of diagonal Gaussians; ``y_hat`` is the baseline's guess if known."""
+        x = _flat(x)
+        if y_hat is None:
+            y_hat = self.baseline_guess(x)
+        loc, scale = self.prior_net(fill_missing(x, y_hat))
+        return dist.Normal(loc, scale).to_event(1)
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor) -> dist.Normal:
+        """q(z|x,y) as a batch of diagonal Gaussians."""
+        loc, scale = self.recognition_net(fill_missing(_flat(x), _flat(y)))
+        return dist.Normal(loc, scale).to_event(1)
+
+    def likelihood(self, x: torch.Tensor, z: torch.Tensor) -> dist.Bernoulli:
+        """p(y|x,z) over all 784 pixels; mask it with the output pixels before use."""
+        # validate_args=False: grey pixel values in (0, 1) are soft targets, not Booleans
+        return dist.Bernoulli(logits=self.generation_net(z, x), validate_args=False)
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None,
+              y_hat: torch.Tensor | None = None) -> torch.Tensor:
+        """Generative story: z ~ p(z|x), y ~ p(y|x,z). Returns the pixel probabilities of y.
+
+        ``x``, ``y``: (batch, 784) with -1 for pixels they do not hold. ``y_hat`` may pass the
+        baseline's guess when it was computed beforehand (the result is the same).
+        """
+        pyro.module("prior_net", self.prior_net)
+        pyro.module("generation_net", self.generation_net)
+        x = _flat(x)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior(x, y_hat))                 # (batch, z_dim)
+            p_y = self.likelihood(x, z)
+            if y is not None:
+                y = _flat(y)
+                # only the output pixels (y >= 0) are observed; the rest is masked out
+                pyro.sample("y", p_y.mask(y >= 0).to_event(1), obs=y.clamp(min=0))
+            return p_y.probs                                           # (batch, 784)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None,
+              y_hat: torch.Tensor | None = None) -> None:
+        """Variational posterior q(z|x,y); without y, it falls back to the prior p(z|x)."""
+        x = _flat(x)
+        with pyro.plate("data", x.shape[0]):
+            if y is None:
+                pyro.module("prior_net", self.prior_net)
+                pyro.sample("z", self.prior(x, y_hat))
+            else:
+                pyro.module("recognition_net", self.recognition_net)
+                pyro.sample("z", self.posterior(x, y))
+
+    @torch.no_grad()
+    def sample(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """Completions of y drawn from the prior: (num_samples, batch, 784) pixel probabilities."""
+        x = _flat(x)
+        z = self.prior(x).sample((num_samples,))                       # (S, batch, z_dim)
+        return torch.sigmoid(self.generation_net(z, x))

@@ -1,0 +1,220 @@
+"""Training loops for the baseline (plain PyTorch) and the CVAE (Pyro SVI), with early stopping.
+
+Chapters "The baseline" and "Training and its animation" use these. Both loops shuffle with a
+seeded generator, slice minibatches from whole tensors, measure the validation loss after every
+epoch, stop after ``config.patience`` epochs without improvement and return the best weights with a
+`History`. Losses are in nats per image, averaged over images (not over batches, so a short last
+batch counts for what it holds). A progress bar appears when stderr is a terminal; inside the book
+they stay quiet.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+from .config import CVAEConfig
+from .data import QuadrantData, iterate_minibatches
+from .networks import CVAE, BaselineNet, masked_bce
+
+__all__ = ["History", "train_baseline", "train_cvae", "default_device", "baseline_loss",
+           "cvae_loss", "EVAL_CHUNK"]
+
+EVAL_CHUNK = 2048  # images per chunk when scoring a whole split without gradients
+
+
+def default_device() -> torch.device:
+    """The GPU when one is present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class History:
+    """Per-epoch record of a training run (epochs counted from 1)."""
+
+    train_loss: list[float] = field(default_factory=list)  # nats per image, training split
+    val_loss: list[float] = field(default_factory=list)    # nats per image, validation split
+    seconds: list[float] = field(default_factory=list)     # wall time of each epoch
+    best_epoch: int = 0                                    # epoch whose weights were kept
+    snapshots: torch.Tensor | None = None  # (epochs, inputs, samples, 784) uint8, CVAE only
+
+    @property
+    def num_epochs(self) -> int:
+        return len(self.train_loss)
+
+    @property
+    def best_val_loss(self) -> float:
+        return self.val_loss[self.best_epoch - 1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**d)
+
+    def to_frame(self):
+        """The history as a pandas DataFrame indexed by epoch."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"train_loss": self.train_loss, "val_loss": self.val_loss,
+                              "seconds": self.seconds})
+        frame.index = pd.RangeIndex(1, len(frame) + 1, name="epoch")
+        return frame
+
+
+def _progress_bar(total: int, desc: str, progress: bool | None):
+    from tqdm.auto import tqdm
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=True,
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def _early_stopping_loop(module, config: CVAEConfig, max_epochs: int, num_train: int,
+                         train_epoch: Callable, val_loss_fn: Callable, desc: str,
+                         progress: bool | None, callback: Callable | None) -> History:
+    """The loop shared by both models: epochs, validation, patience, best weights kept."""
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
+    history = History()
+    best_state, best_val, waited = None, float("inf"), 0
+    shuffle = torch.Generator().manual_seed(config.seed)
+    batches_per_epoch = -(-num_train // config.batch_size)
+    with _progress_bar(max_epochs * batches_per_epoch, desc, progress) as bar:
+        for epoch in range(1, max_epochs + 1):
+            start = time.perf_counter()
+            total = 0.0
+            for idx in iterate_minibatches(num_train, config.batch_size, shuffle):
+                total += train_epoch(idx)  # summed loss of the batch
+                bar.update(1)
+            val = val_loss_fn()
+            history.train_loss.append(total / num_train)
+            history.val_loss.append(val)
+            history.seconds.append(time.perf_counter() - start)
+            if val < best_val:
+                best_val, waited, history.best_epoch = val, 0, epoch
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                waited += 1
+            bar.set_postfix(epoch=epoch, train=f"{total / num_train:.2f}", val=f"{val:.2f}",
+                            best=history.best_epoch)
+            if callback is not None:
+                callback(epoch, module, history)
+            if waited >= config.patience:
+                break
+    module.load_state_dict(best_state)
+    return history
+
+
+@torch.no_grad()
+def baseline_loss(baseline: BaselineNet, data: QuadrantData) -> torch.Tensor:
+    """Per-image masked BCE of the baseline on a whole split, (N,) nats."""
+    return torch.cat([masked_bce(baseline.logits(x), y)
+                      for x, y in zip(data.x.split(EVAL_CHUNK), data.y.split(EVAL_CHUNK))])
+
+
+def train_baseline(train: QuadrantData, val: QuadrantData, config: CVAEConfig | None = None,
+                   max_epochs: int = 100, device=None, progress: bool | None = None,
+                   callback: Callable | None = None) -> tuple[BaselineNet, History]:
+    """Train the baseline MLP with Adam on the masked BCE; early stopping on ``val``."""
+    config = config or CVAEConfig()
+    device = torch.device(device) if device is not None else default_device()
+    torch.manual_seed(config.seed)
+    baseline = BaselineNet(config).to(device)
+    optimizer = torch.optim.Adam(baseline.parameters(), lr=config.baseline_lr)
+    x, y = train.x.to(device), train.y.to(device)
+    val = QuadrantData(val.x.to(device), val.y.to(device), val.labels, val.num_quadrants)
+
+    def step(idx):
+        loss = masked_bce(baseline.logits(x[idx]), y[idx]).sum()
+        optimizer.zero_grad(set_to_none=True)
+        (loss / len(idx)).backward()
+        optimizer.step()
+        return loss.item()
+
+    def val_loss():
+        baseline.eval()
+        value = baseline_loss(baseline, val).mean().item()
+        baseline.train()
+        return value
+
+    history = _early_stopping_loop(baseline, config, max_epochs, len(train), step, val_loss,
+                                   f"baseline k={train.num_quadrants}", progress, callback)
+    return baseline.eval(), history
+
+
+@torch.no_grad()
+def cvae_loss(cvae: CVAE, data: QuadrantData, seed: int = 0) -> torch.Tensor:
+    """Per-image single-sample negative ELBO on a whole split, (N,) nats; fixed noise by ``seed``.
+
+    Draws z from q(z|x,y) with the reparameterisation, so that the result matches Pyro's
+    Trace_ELBO with one particle; used for early stopping on the validation split.
+    """
+    generator = torch.Generator(device=data.x.device).manual_seed(seed)
+    losses = []
+    for x, y in zip(data.x.split(EVAL_CHUNK), data.y.split(EVAL_CHUNK)):
+        q, p = cvae.posterior(x, y), cvae.prior(x)
+        eps = torch.randn(q.base_dist.loc.shape, generator=generator, device=x.device)
+        z = q.base_dist.loc + q.base_dist.scale * eps
+        nll = masked_bce(cvae.generation_net(z, x), y)
+        losses.append(nll + q.log_prob(z) - p.log_prob(z))
+    return torch.cat(losses)
+
+
+def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
+               config: CVAEConfig | None = None, max_epochs: int = 100, device=None,
+               progress: bool | None = None, callback: Callable | None = None,
+               snapshot_x: torch.Tensor | None = None,
+               num_snapshot_samples: int = 8) -> tuple[CVAE, History]:
+    """Train the CVAE with Pyro SVI (Trace_ELBO, Adam) on top of a frozen baseline.
+
+    The baseline's guesses for the training images are computed once, not at every step. With
+    ``snapshot_x`` (a few inputs, (n, 784)), each epoch records ``num_snapshot_samples``
+    completions drawn with the same fixed noise, for the training animation
+    (``history.snapshots``). ``callback(epoch, cvae, history)`` runs after every epoch.
+    """
+    config = config or CVAEConfig()
+    device = torch.device(device) if device is not None else default_device()
+    torch.manual_seed(config.seed)
+    cvae = CVAE(baseline.to(device), config).to(device)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    svi = SVI(cvae.model, cvae.guide, pyro.optim.Adam({"lr": config.cvae_lr}), Trace_ELBO())
+    x, y = train.x.to(device), train.y.to(device)
+    y_hat = torch.cat([cvae.baseline_guess(chunk) for chunk in x.split(EVAL_CHUNK)])
+    val = QuadrantData(val.x.to(device), val.y.to(device), val.labels, val.num_quadrants)
+
+    frames = []
+    if snapshot_x is not None:
+        snapshot_x = snapshot_x.reshape(len(snapshot_x), -1).to(device)
+        noise = torch.randn(num_snapshot_samples, len(snapshot_x), config.z_dim,
+                            generator=torch.Generator().manual_seed(config.seed)).to(device)
+
+    def step(idx):
+        return svi.step(x[idx], y[idx], y_hat[idx])  # summed -ELBO of the batch
+
+    def val_loss():
+        cvae.eval()
+        value = cvae_loss(cvae, val, seed=config.seed).mean().item()
+        if snapshot_x is not None:
+            with torch.no_grad():
+                prior = cvae.prior(snapshot_x).base_dist
+                z = prior.loc + prior.scale * noise                    # (S, n, z_dim)
+                probs = torch.sigmoid(cvae.generation_net(z, snapshot_x))
+            frames.append((probs.transpose(0, 1) * 255).round().to(torch.uint8).cpu())
+        cvae.train()
+        return value
+
+    history = _early_stopping_loop(cvae, config, max_epochs, len(train), step, val_loss,
+                                   f"cvae k={train.num_quadrants}", progress, callback)
+    if frames:
+        history.snapshots = torch.stack(frames)  # (epochs, n, S, 784)
+    return cvae.eval(), history
