@@ -78,6 +78,7 @@ def save_checkpoint(path: str | os.PathLike, key: dict, state_dict: dict,
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is readable like other files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

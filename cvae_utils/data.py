@@ -86,6 +86,8 @@ def _to_float(images: torch.Tensor) -> torch.Tensor:
 def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> MNISTData:
     """Load MNIST from the data root and split it into train / validation / test.
 
+    ``download=False`` forbids any network access: the files must already be in the root.
+
     The 60,000 official training images are split by a permutation with a fixed seed
     (`VALIDATION_SEED`) into 50,000 for training and 10,000 for validation; the official 10,000
     test images are kept whole for the final numbers. Raises `MNISTNotFoundError`, naming the
@@ -95,18 +97,23 @@ def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> 
 
     root = data_root(root)
     raw = root / "MNIST" / "raw"
+    missing = [name for name in MNIST_FILES
+               if not (raw / name).exists() and not (raw / name[:-3]).exists()]
+    how_to_fix = (f"Put the four official files {', '.join(MNIST_FILES)} in {raw}, or set "
+                  f"CVAE_DATA_DIR to a directory whose MNIST/raw/ holds them, or connect to the "
+                  f"network so torchvision can download them (MD5-checked).")
+    if missing and not download:
+        raise MNISTNotFoundError(f"MNIST files missing in {raw}: {', '.join(missing)}.\n"
+                                 f"{how_to_fix}")
     try:
-        train = MNIST(str(root), train=True, download=download)
-        test = MNIST(str(root), train=False, download=download)
+        # with the .gz files present, torchvision checks their MD5 sums and extracts them
+        # without any network access; only missing files are downloaded
+        train = MNIST(str(root), train=True, download=True)
+        test = MNIST(str(root), train=False, download=True)
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
-        missing = [name for name in MNIST_FILES
-                   if not (raw / name).exists() and not (raw / name[:-3]).exists()]
         raise MNISTNotFoundError(
             f"could not load MNIST from {raw} ({type(error).__name__}: {error}).\n"
-            f"Missing there: {', '.join(missing) or 'none (the files may be corrupt)'}.\n"
-            f"Put the four official files {', '.join(MNIST_FILES)} in {raw}, or set "
-            f"CVAE_DATA_DIR to a directory whose MNIST/raw/ holds them, or connect to the "
-            f"network so torchvision can download them (MD5-checked)."
+            f"Missing there: {', '.join(missing) or 'none (a file may be corrupt)'}.\n{how_to_fix}"
         ) from error
     images, labels = _to_float(train.data), train.targets.to(torch.int64)
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(VALIDATION_SEED))

@@ -1,0 +1,78 @@
+"""Shared fixtures: a private copy of MNIST, tiny synthetic data, Pyro validation on."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from cvae_utils.data import MNIST_FILES, MNISTData, Split, data_root
+
+SHARED_RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "MNIST" / "raw"
+
+
+def _raw_source() -> Path | None:
+    """Where the four official .gz files can be copied from, if anywhere."""
+    for raw in (data_root() / "MNIST" / "raw", SHARED_RAW):
+        if all((raw / name).exists() for name in MNIST_FILES):
+            return raw
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_raw() -> Path:
+    raw = _raw_source()
+    if raw is None:
+        pytest.skip("the four MNIST .gz files are in neither CVAE_DATA_DIR nor ../shared/data")
+    return raw
+
+
+@pytest.fixture(scope="session")
+def mnist_root(mnist_raw, tmp_path_factory) -> Path:
+    """A writable data root holding a copy of the four official files (never the shared one)."""
+    root = tmp_path_factory.mktemp("mnist")
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    for name in MNIST_FILES:
+        shutil.copy(mnist_raw / name, root / "MNIST" / "raw" / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_root):
+    from cvae_utils.data import load_mnist
+
+    return load_mnist(mnist_root, download=False)
+
+
+def synthetic_data(n_train=96, n_val=48, n_test=32, seed=0) -> MNISTData:
+    """Random 'digits' with MNIST's shapes and range, for fast tests that need no real data."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        images = (torch.rand(n, 28, 28, generator=g) > 0.7).float() * torch.rand(n, 28, 28, generator=g)
+        return Split(images, torch.randint(0, 10, (n,), generator=g))
+
+    return MNISTData(split(n_train), split(n_val), split(n_test))
+
+
+@pytest.fixture
+def tiny_data() -> MNISTData:
+    return synthetic_data()
+
+
+@pytest.fixture(autouse=True)
+def _pyro_validation():
+    pyro.enable_validation(True)
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def cache_path(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("CVAE_CACHE_DIR", str(path))
+    return path

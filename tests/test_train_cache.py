@@ -1,0 +1,152 @@
+"""Training loops, budgets, the model cache and the command line."""
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import pytest
+import torch
+
+import cvae_utils.cache as cache_module
+from cvae_utils import (BUDGETS, Budget, CVAEConfig, get_budget, make_quadrant_data,
+                        train_baseline, train_cvae, trained_baseline, trained_cvae)
+from cvae_utils.__main__ import main
+from cvae_utils.cache import CheckpointError, checkpoint_path, load_checkpoint, run_key
+from cvae_utils.networks import BaselineNet
+from cvae_utils.train import baseline_loss
+
+SMALL = CVAEConfig(hidden_1=32, hidden_2=16, z_dim=4, batch_size=16, patience=2)
+TINY = Budget("smoke", num_train=96, num_val=48, num_test=32, max_epochs=3)
+
+
+def quadrant_splits(data, k=1):
+    return make_quadrant_data(data.train, k), make_quadrant_data(data.val, k)
+
+
+def test_budgets_from_environment(monkeypatch):
+    monkeypatch.delenv("CVAE_BUDGET", raising=False)
+    assert get_budget().name == "paper"
+    monkeypatch.setenv("CVAE_BUDGET", "smoke")
+    assert get_budget() is BUDGETS["smoke"]
+    assert get_budget("Quick").name == "quick"
+    monkeypatch.setenv("CVAE_BUDGET", "huge")
+    with pytest.raises(ValueError, match="CVAE_BUDGET.*smoke, quick, paper|smoke, quick, paper"):
+        get_budget()
+    paper = BUDGETS["paper"]
+    assert (paper.num_train, paper.num_val, paper.num_test) == (50_000, 10_000, 10_000)
+
+
+def test_baseline_training_history_and_best_weights(tiny_data):
+    train, val = quadrant_splits(tiny_data)
+    model, history = train_baseline(train, val, SMALL, max_epochs=3, device="cpu",
+                                    progress=False)
+    assert history.num_epochs >= 1 and len(history.val_loss) == len(history.seconds)
+    assert history.best_val_loss == min(history.val_loss)
+    # the returned weights are the best epoch's: they reproduce its validation loss
+    torch.testing.assert_close(baseline_loss(model, val).mean().item(), history.best_val_loss)
+    assert history.to_frame().index.name == "epoch"
+
+
+def test_early_stopping_respects_patience(tiny_data):
+    train, val = quadrant_splits(tiny_data)
+    config = SMALL.replace(patience=1, baseline_lr=0.5)  # absurd rate: validation gets worse
+    _, history = train_baseline(train, val, config, max_epochs=20, device="cpu", progress=False)
+    assert history.num_epochs == history.best_epoch + 1 < 20
+
+
+def test_training_is_reproducible(tiny_data):
+    train, val = quadrant_splits(tiny_data)
+    base1, h1 = train_baseline(train, val, SMALL, max_epochs=2, device="cpu", progress=False)
+    base2, h2 = train_baseline(train, val, SMALL, max_epochs=2, device="cpu", progress=False)
+    assert h1.train_loss == h2.train_loss and h1.val_loss == h2.val_loss
+    c1, g1 = train_cvae(train, val, base1, SMALL, max_epochs=2, device="cpu", progress=False)
+    c2, g2 = train_cvae(train, val, base2, SMALL, max_epochs=2, device="cpu", progress=False)
+    assert g1.train_loss == g2.train_loss and g1.val_loss == g2.val_loss
+    other = SMALL.replace(seed=1)
+    _, g3 = train_cvae(train, val, base1, other, max_epochs=2, device="cpu", progress=False)
+    assert g3.train_loss != g1.train_loss
+
+
+def test_cvae_training_records_snapshots_and_calls_back(tiny_data):
+    train, val = quadrant_splits(tiny_data)
+    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    calls = []
+    cvae, history = train_cvae(train, val, baseline, SMALL, max_epochs=2, device="cpu",
+                               progress=False, snapshot_x=train.x[:3], num_snapshot_samples=5,
+                               callback=lambda epoch, model, h: calls.append(epoch))
+    assert calls == list(range(1, history.num_epochs + 1))
+    assert history.snapshots.shape == (history.num_epochs, 3, 5, 784)
+    assert history.snapshots.dtype == torch.uint8
+
+
+def test_cache_round_trip_loads_without_training(tiny_data, cache_path, monkeypatch):
+    model, history = trained_cvae(1, SMALL, TINY, tiny_data, device="cpu", progress=False)
+    files = sorted(p.name for p in cache_path.iterdir())
+    assert len(files) == 2 and files[0].startswith("baseline-k1-smoke-")
+    assert not any(p.suffix == ".tmp" for p in cache_path.iterdir())
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("trained although the cache holds the model")
+
+    monkeypatch.setattr(cache_module, "train_baseline", must_not_train)
+    monkeypatch.setattr(cache_module, "train_cvae", must_not_train)
+    loaded, loaded_history = trained_cvae(1, SMALL, TINY, tiny_data, device="cpu")
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert loaded_history.val_loss == history.val_loss
+    assert torch.equal(loaded_history.snapshots, history.snapshots)
+
+
+def test_cache_keys_separate_runs(tiny_data, cache_path):
+    trained_baseline(1, SMALL, TINY, tiny_data, device="cpu")
+    trained_baseline(2, SMALL, TINY, tiny_data, device="cpu")
+    # a CVAE-only field does not change the baseline, so its file is shared
+    trained_baseline(1, SMALL.replace(z_dim=8), TINY, tiny_data, device="cpu")
+    assert len(list(cache_path.glob("baseline-*.pt"))) == 2
+    trained_baseline(1, SMALL.replace(seed=3), TINY, tiny_data, device="cpu")
+    assert len(list(cache_path.glob("baseline-*.pt"))) == 3
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign_key", "pickle"])
+def test_bad_checkpoints_are_reported_and_retrained(damage, tiny_data, cache_path):
+    trained_baseline(1, SMALL, TINY, tiny_data, device="cpu")
+    key = run_key("baseline", SMALL, TINY, 1)
+    path = checkpoint_path(key)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif damage == "foreign_key":  # another run's file under this run's name
+        trained_baseline(2, SMALL, TINY, tiny_data, device="cpu")
+        shutil.copy(checkpoint_path(run_key("baseline", SMALL, TINY, 2)), path)
+    else:  # arbitrary pickled objects are refused by weights_only loading
+        path.write_bytes(pickle.dumps({"key": "x", "state_dict": {}, "history": object()}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path, key, BaselineNet(SMALL))
+    with pytest.warns(UserWarning, match="bad cached model"):
+        model, _ = trained_baseline(1, SMALL, TINY, tiny_data, device="cpu")
+    load_checkpoint(path, key, BaselineNet(SMALL))  # rewritten: loads cleanly now
+
+
+def test_checkpoint_with_wrong_shapes_is_rejected(tiny_data, cache_path):
+    trained_baseline(1, SMALL, TINY, tiny_data, device="cpu")
+    key = run_key("baseline", SMALL, TINY, 1)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_checkpoint(checkpoint_path(key), key, BaselineNet(SMALL.replace(hidden_1=40)))
+
+
+def test_command_line_fills_then_reads_the_cache(mnist_root, tmp_path, capsys):
+    args = ["train", "--quadrants", "1", "--budget", "smoke", "--data-dir", str(mnist_root),
+            "--cache-dir", str(tmp_path / "models")]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "budget smoke" in first and "loaded" not in first
+    assert len(list((tmp_path / "models").glob("*.pt"))) == 2
+    assert main(args) == 0
+    assert "loaded cvae k=1" in capsys.readouterr().out
+
+
+def test_command_line_rejects_bad_quadrants(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--quadrants", "4", "--budget", "smoke"])
+    assert "invalid choice" in capsys.readouterr().err
