@@ -29,18 +29,35 @@ class CVAEConfig:
     batch_size: int = 128        # images per gradient step
     patience: int = 3            # epochs without validation improvement before stopping
     seed: int = 0                # seeds weights, shuffling and sampling: same seed, same numbers
+    # training refinements beyond the tutorial (off by default)
+    kl_warmup_epochs: int = 0    # KL weight rises linearly from 0 to 1 over these epochs
+    lr_decay: float = 1.0        # the CVAE's learning rate is multiplied by this after each epoch
+    # variants of the paper and of the ablations (chapter "Variants")
+    objective: str = "cvae"      # "cvae" (SGVB), "gsnn" (prior network alone), or "hybrid"
+    hybrid_alpha: float = 0.5    # weight of the CVAE term in the hybrid objective
+    prior_uses_baseline: bool = True  # the prior network reads x completed by the baseline's guess
+    joint_baseline: bool = False  # fine-tune the baseline together with the CVAE (else frozen)
 
     def __post_init__(self) -> None:
-        for name in ("hidden_1", "hidden_2", "z_dim", "batch_size", "patience"):
+        for name in ("hidden_1", "hidden_2", "z_dim", "batch_size", "patience",
+                     "kl_warmup_epochs", "seed"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"CVAEConfig.{name} must be a positive int, got {value!r}")
+            smallest = 0 if name in ("kl_warmup_epochs", "seed") else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
+                raise ValueError(f"CVAEConfig.{name} must be an int >= {smallest}, got {value!r}")
         for name in ("baseline_lr", "cvae_lr"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"CVAEConfig.{name} must be a positive number, got {value!r}")
         if self.scale not in ("exp", "softplus"):
             raise ValueError(f"CVAEConfig.scale must be 'exp' or 'softplus', got {self.scale!r}")
+        if self.objective not in ("cvae", "gsnn", "hybrid"):
+            raise ValueError("CVAEConfig.objective must be 'cvae', 'gsnn' or 'hybrid', "
+                             f"got {self.objective!r}")
+        if not 0.0 <= self.hybrid_alpha <= 1.0:
+            raise ValueError(f"CVAEConfig.hybrid_alpha must lie in [0, 1], got {self.hybrid_alpha}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"CVAEConfig.lr_decay must lie in (0, 1], got {self.lr_decay}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -122,22 +122,26 @@ class CVAE(nn.Module):
     def __init__(self, baseline: BaselineNet, config: CVAEConfig | None = None):
         super().__init__()
         self.config = config or CVAEConfig()
-        self.baseline = baseline.requires_grad_(False).eval()  # frozen: trained beforehand
+        # frozen (trained beforehand) unless the variant fine-tunes it jointly
+        self.baseline = baseline.requires_grad_(self.config.joint_baseline).eval()
         self.prior_net = Encoder(self.config)
         self.recognition_net = Encoder(self.config)
         self.generation_net = Decoder(self.config)
 
     def baseline_guess(self, x: torch.Tensor) -> torch.Tensor:
-        """The frozen baseline's prediction of the missing pixels, (batch, 784), no gradient."""
-        with torch.no_grad():
+        """The baseline's prediction of the missing pixels, (batch, 784); no gradient if frozen."""
+        with torch.set_grad_enabled(self.config.joint_baseline and torch.is_grad_enabled()):
             return self.baseline(_flat(x))
 
     def prior(self, x: torch.Tensor, y_hat: torch.Tensor | None = None) -> dist.Normal:
         """p(z|x) as a batch of diagonal Gaussians; ``y_hat`` is the baseline's guess if known."""
         x = _flat(x)
-        if y_hat is None:
-            y_hat = self.baseline_guess(x)
-        loc, scale = self.prior_net(fill_missing(x, y_hat))
+        if not self.config.prior_uses_baseline:  # ablation: the prior reads x alone
+            loc, scale = self.prior_net(x)
+        else:
+            if y_hat is None:
+                y_hat = self.baseline_guess(x)
+            loc, scale = self.prior_net(fill_missing(x, y_hat))
         return dist.Normal(loc, scale).to_event(1)
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor) -> dist.Normal:
@@ -159,6 +163,8 @@ class CVAE(nn.Module):
         """
         pyro.module("prior_net", self.prior_net)
         pyro.module("generation_net", self.generation_net)
+        if self.config.joint_baseline:  # variant: the baseline learns along with the CVAE
+            pyro.module("baseline", self.baseline)
         x = _flat(x)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x, y_hat))                 # (batch, z_dim)
@@ -180,6 +186,15 @@ class CVAE(nn.Module):
             else:
                 pyro.module("recognition_net", self.recognition_net)
                 pyro.sample("z", self.posterior(x, y))
+
+    def prior_guide(self, x: torch.Tensor, y: torch.Tensor | None = None,
+                    y_hat: torch.Tensor | None = None) -> None:
+        """The guide of the GSNN: z from the prior network, whatever y is.
+
+        With it the ELBO's KL term vanishes and SVI trains the prior and generation networks on
+        the Monte Carlo likelihood of y under the prior, as they are used at test time.
+        """
+        self.guide(x, None, y_hat)
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:

@@ -18,13 +18,14 @@ from typing import Callable
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
+from pyro.poutine.messenger import Messenger
 
 from .config import CVAEConfig
 from .data import QuadrantData, iterate_minibatches
 from .networks import CVAE, BaselineNet, masked_bce
 
 __all__ = ["History", "train_baseline", "train_cvae", "default_device", "baseline_loss",
-           "cvae_loss", "EVAL_CHUNK"]
+           "cvae_loss", "gsnn_loss", "EVAL_CHUNK"]
 
 EVAL_CHUNK = 2048  # images per chunk when scoring a whole split without gradients
 
@@ -80,8 +81,13 @@ def _progress_bar(total: int, desc: str, progress: bool | None):
 
 def _early_stopping_loop(module, config: CVAEConfig, max_epochs: int, num_train: int,
                          train_epoch: Callable, val_loss_fn: Callable, desc: str,
-                         progress: bool | None, callback: Callable | None) -> History:
-    """The loop shared by both models: epochs, validation, patience, best weights kept."""
+                         progress: bool | None, callback: Callable | None,
+                         start_epoch: Callable | None = None, warmup_epochs: int = 0) -> History:
+    """The loop shared by both models: epochs, validation, patience, best weights kept.
+
+    ``start_epoch(epoch)`` runs before each epoch (learning-rate and KL schedules). During the
+    first ``warmup_epochs`` the validation loss is recorded but patience does not run out.
+    """
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
     history = History()
@@ -90,6 +96,8 @@ def _early_stopping_loop(module, config: CVAEConfig, max_epochs: int, num_train:
     batches_per_epoch = -(-num_train // config.batch_size)
     with _progress_bar(max_epochs * batches_per_epoch, desc, progress) as bar:
         for epoch in range(1, max_epochs + 1):
+            if start_epoch is not None:
+                start_epoch(epoch)
             start = time.perf_counter()
             total = 0.0
             for idx in iterate_minibatches(num_train, config.batch_size, shuffle):
@@ -102,7 +110,7 @@ def _early_stopping_loop(module, config: CVAEConfig, max_epochs: int, num_train:
             if val < best_val:
                 best_val, waited, history.best_epoch = val, 0, epoch
                 best_state = copy.deepcopy(module.state_dict())
-            else:
+            elif epoch > warmup_epochs:
                 waited += 1
             bar.set_postfix(epoch=epoch, train=f"{total / num_train:.2f}", val=f"{val:.2f}",
                             best=history.best_epoch)
@@ -169,6 +177,50 @@ def cvae_loss(cvae: CVAE, data: QuadrantData, seed: int = 0) -> torch.Tensor:
     return torch.cat(losses)
 
 
+@torch.no_grad()
+def gsnn_loss(cvae: CVAE, data: QuadrantData, seed: int = 0) -> torch.Tensor:
+    """Per-image single-sample GSNN loss, -log p(y|x,z) with z ~ p(z|x), (N,) nats; fixed noise."""
+    generator = torch.Generator(device=data.x.device).manual_seed(seed)
+    losses = []
+    for x, y in zip(data.x.split(EVAL_CHUNK), data.y.split(EVAL_CHUNK)):
+        p = cvae.prior(x).base_dist
+        z = p.loc + p.scale * torch.randn(p.loc.shape, generator=generator, device=x.device)
+        losses.append(masked_bce(cvae.generation_net(z, x), y))
+    return torch.cat(losses)
+
+
+class _KLWeight(Messenger):
+    """Scales the log-densities of the latent site z in model and guide: the ELBO's KL term."""
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        self.weight = weight
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and msg["name"] == "z":
+            msg["scale"] = msg["scale"] * self.weight
+
+
+def _objective(cvae: CVAE, config: CVAEConfig, wrap: Callable):
+    """The guide and SVI loss of the configured objective (Trace_ELBO for the plain CVAE).
+
+    The GSNN is the ELBO with the prior as guide; the hybrid objective is
+    alpha * ELBO(recognition guide) + (1 - alpha) * ELBO(prior guide). ``wrap`` applies the KL
+    weight to every guide.
+    """
+    if config.objective == "cvae":
+        return wrap(cvae.guide), Trace_ELBO()
+    if config.objective == "gsnn":
+        return wrap(cvae.prior_guide), Trace_ELBO()
+    elbo, alpha, prior_guide = Trace_ELBO(), config.hybrid_alpha, wrap(cvae.prior_guide)
+
+    def hybrid_loss(model, guide, *args, **kwargs):
+        return (alpha * elbo.differentiable_loss(model, guide, *args, **kwargs)
+                + (1 - alpha) * elbo.differentiable_loss(model, prior_guide, *args, **kwargs))
+
+    return wrap(cvae.guide), hybrid_loss
+
+
 def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
                config: CVAEConfig | None = None, max_epochs: int = 100, device=None,
                progress: bool | None = None, callback: Callable | None = None,
@@ -180,17 +232,31 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
     ``snapshot_x`` (a few inputs, (n, 784)), each epoch records ``num_snapshot_samples``
     completions drawn with the same fixed noise, for the training animation
     (``history.snapshots``). ``callback(epoch, cvae, history)`` runs after every epoch.
+
+    ``config.objective`` picks the loss (CVAE, GSNN or hybrid), ``config.kl_warmup_epochs`` and
+    ``config.lr_decay`` the schedules. The validation loss is the single-sample -ELBO (the GSNN's
+    own loss for the GSNN), always with the full KL weight.
     """
     config = config or CVAEConfig()
     device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(config.seed)
+    if config.joint_baseline:
+        baseline = copy.deepcopy(baseline)  # fine-tuned here: leave the caller's one untouched
     cvae = CVAE(baseline.to(device), config).to(device)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    svi = SVI(cvae.model, cvae.guide, pyro.optim.Adam({"lr": config.cvae_lr}), Trace_ELBO())
+    kl_weight = _KLWeight()
+    guide, loss = _objective(cvae, config, kl_weight)
+    optimizer = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam,
+                                          "optim_args": {"lr": config.cvae_lr},
+                                          "gamma": config.lr_decay})
+    svi = SVI(kl_weight(cvae.model), guide, optimizer, loss)
     x, y = train.x.to(device), train.y.to(device)
-    y_hat = torch.cat([cvae.baseline_guess(chunk) for chunk in x.split(EVAL_CHUNK)])
+    y_hat = None  # the guesses of a frozen baseline are computed once, not at every step
+    if config.prior_uses_baseline and not config.joint_baseline:
+        y_hat = torch.cat([cvae.baseline_guess(chunk) for chunk in x.split(EVAL_CHUNK)])
     val = QuadrantData(val.x.to(device), val.y.to(device), val.labels, val.num_quadrants)
+    val_metric = gsnn_loss if config.objective == "gsnn" else cvae_loss
 
     frames = []
     if snapshot_x is not None:
@@ -199,11 +265,16 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
                             generator=torch.Generator().manual_seed(config.seed)).to(device)
 
     def step(idx):
-        return svi.step(x[idx], y[idx], y_hat[idx])  # summed -ELBO of the batch
+        return svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])  # summed loss
+
+    def start_epoch(epoch):
+        if epoch > 1:
+            optimizer.step()  # the learning-rate schedule: one decay per epoch
+        kl_weight.weight = min(1.0, epoch / (config.kl_warmup_epochs + 1))
 
     def val_loss():
         cvae.eval()
-        value = cvae_loss(cvae, val, seed=config.seed).mean().item()
+        value = val_metric(cvae, val, seed=config.seed).mean().item()
         if snapshot_x is not None:
             with torch.no_grad():
                 prior = cvae.prior(snapshot_x).base_dist
@@ -214,7 +285,8 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
         return value
 
     history = _early_stopping_loop(cvae, config, max_epochs, len(train), step, val_loss,
-                                   f"cvae k={train.num_quadrants}", progress, callback)
+                                   f"cvae k={train.num_quadrants}", progress, callback,
+                                   start_epoch, config.kl_warmup_epochs)
     if frames:
         history.snapshots = torch.stack(frames)  # (epochs, n, S, 784)
     return cvae.eval(), history
