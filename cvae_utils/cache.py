@@ -26,7 +26,7 @@ from .networks import CVAE, BaselineNet
 from .train import History, default_device, train_baseline, train_cvae
 
 __all__ = ["cache_dir", "run_key", "save_checkpoint", "load_checkpoint", "CheckpointError",
-           "trained_baseline", "trained_cvae", "checkpoint_path", "NUM_SNAPSHOT_INPUTS"]
+           "trained_baseline", "trained_cvae", "checkpoint_path", "cached_model", "NUM_SNAPSHOT_INPUTS"]
 
 FORMAT_VERSION = 1
 NUM_SNAPSHOT_INPUTS = 8   # test inputs whose completions are recorded every epoch (animation)
@@ -45,23 +45,35 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path).expanduser()
 
 
-def run_key(kind: str, config: CVAEConfig, budget: Budget, num_quadrants: int,
+def run_key(kind: str, config, budget: Budget, num_quadrants: int | None = None,
             **extra) -> dict:
-    """Everything that determines a trained model, as a JSON-ready dict."""
+    """Everything that determines a trained model, as a JSON-ready dict.
+
+    ``config`` is any config with ``to_dict()``; ``num_quadrants`` is left out for models of whole
+    images (the digit classifier).
+    """
     fields = config.to_dict()
     if kind == "baseline":
         fields = {name: fields[name] for name in BASELINE_FIELDS}
-    return {"format": FORMAT_VERSION, "kind": kind, "config": fields, "budget": budget.to_dict(),
-            "num_quadrants": check_num_quadrants(num_quadrants), **extra}
+    key = {"format": FORMAT_VERSION, "kind": kind, "config": fields, "budget": budget.to_dict()}
+    if num_quadrants is not None:
+        key["num_quadrants"] = check_num_quadrants(num_quadrants)
+    return {**key, **extra}
 
 
 def _digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+def _label(key: dict) -> str:
+    """Readable part of a file name: the kind, the quadrant count if any, the budget."""
+    quadrants = f"-k{key['num_quadrants']}" if "num_quadrants" in key else ""
+    return f"{key['kind']}{quadrants}-{key['budget']['name']}"
+
+
 def checkpoint_path(key: dict, directory: str | os.PathLike | None = None) -> Path:
-    name = f"{key['kind']}-k{key['num_quadrants']}-{key['budget']['name']}-{_digest(key)[:16]}.pt"
-    return cache_dir(directory) / name
+    """Where the model of ``key`` lives in the cache: its label and a hash of the whole key."""
+    return cache_dir(directory) / f"{_label(key)}-{_digest(key)[:16]}.pt"
 
 
 def save_checkpoint(path: str | os.PathLike, key: dict, state_dict: dict,
@@ -104,13 +116,21 @@ def load_checkpoint(path: str | os.PathLike, key: dict, module: torch.nn.Module)
         raise CheckpointError(f"{path} does not fit the model ({error})") from error
 
 
-def _cached(key, directory, module, train_fn, use_cache, progress):
+def cached_model(key: dict, directory, module: torch.nn.Module, train_fn, use_cache: bool = True,
+                 progress: bool | None = None) -> tuple[torch.nn.Module, History]:
+    """``module`` loaded from the cache file of ``key``, or ``train_fn()`` run and saved there.
+
+    ``train_fn`` returns ``(trained_module, history)``. A bad file is reported with a warning and
+    replaced by a fresh training run.
+    """
     path = checkpoint_path(key, directory)
     if use_cache and path.exists():
         try:
             history = load_checkpoint(path, key, module)
             if progress:
-                print(f"loaded {key['kind']} k={key['num_quadrants']} from {path}", flush=True)
+                quadrants = f" k={key['num_quadrants']}" if "num_quadrants" in key else ""
+                print(f"loaded {key['kind']}{quadrants} ({key['budget']['name']}) from {path}",
+                      flush=True)
             return module, history
         except CheckpointError as error:
             warnings.warn(f"ignoring a bad cached model and training again: {error}",
@@ -142,7 +162,7 @@ def trained_baseline(num_quadrants: int, config: CVAEConfig | None = None,
                               make_quadrant_data(data.val, num_quadrants), config,
                               budget.max_epochs, device, progress)
 
-    model, history = _cached(key, cache, BaselineNet(config), train, use_cache, progress)
+    model, history = cached_model(key, cache, BaselineNet(config), train, use_cache, progress)
     return model.to(device).eval(), history
 
 
@@ -168,6 +188,6 @@ def trained_cvae(num_quadrants: int, config: CVAEConfig | None = None,
                           make_quadrant_data(data.val, num_quadrants), baseline, config,
                           budget.max_epochs, device, progress, snapshot_x=snapshot_x)
 
-    model, history = _cached(key, cache, CVAE(BaselineNet(config), config), train, use_cache,
+    model, history = cached_model(key, cache, CVAE(BaselineNet(config), config), train, use_cache,
                              progress)
     return model.to(device).eval(), history

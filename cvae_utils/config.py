@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, replace
 
-__all__ = ["CVAEConfig", "Budget", "BUDGETS", "get_budget", "tutorial_config"]
+__all__ = ["CVAEConfig", "ClassifierConfig", "Budget", "BUDGETS", "get_budget", "tutorial_config"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,45 @@ class CVAEConfig:
 
     def replace(self, **changes) -> "CVAEConfig":
         """A copy with some fields changed, e.g. ``config.replace(decoder_sees_x=True)``."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Hyperparameters of the digit classifier (not of the CVAE: the classifier is only a judge)."""
+
+    hidden: tuple[int, ...] = (512, 256)  # widths of the hidden layers of the MLP
+    dropout: float = 0.2          # dropout after every hidden layer, during training only
+    lr: float = 1e-3              # Adam learning rate
+    batch_size: int = 128         # images per gradient step
+    patience: int = 3             # epochs without validation improvement before stopping
+    max_epochs: int = 30          # cap on epochs, below the budget's (which is 100 for "paper")
+    max_shift: int = 2            # random translation of training images, in pixels (0: none)
+    seed: int = 0                 # seeds weights, shuffling, dropout and shifts
+
+    def __post_init__(self) -> None:
+        hidden = tuple(self.hidden)
+        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+                             for h in hidden):
+            raise ValueError(f"ClassifierConfig.hidden must be positive ints, got {self.hidden!r}")
+        object.__setattr__(self, "hidden", hidden)  # a list given by a caller becomes a tuple
+        for name in ("batch_size", "patience", "max_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ClassifierConfig.{name} must be a positive int, got {value!r}")
+        if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) \
+                or not 0 <= self.max_shift < 14:
+            raise ValueError(f"ClassifierConfig.max_shift must be an int in [0, 13], "
+                             f"got {self.max_shift!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"ClassifierConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.lr > 0:
+            raise ValueError(f"ClassifierConfig.lr must be positive, got {self.lr!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "ClassifierConfig":
         return replace(self, **changes)
 
 

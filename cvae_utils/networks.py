@@ -33,13 +33,17 @@ def fill_missing(x: torch.Tensor, guess: torch.Tensor) -> torch.Tensor:
 def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Bernoulli negative log-likelihood of the output pixels, summed per image, in nats.
 
-    ``logits``: (batch, 784) scores of the predicted pixel probabilities; ``y``: (batch, 784) with
-    the true output pixels and -1 elsewhere. Pixels where y is -1 contribute nothing. Returns
-    (batch,). Grey values in (0, 1) are used as soft targets, as is usual for MNIST.
+    ``logits``: (..., batch, 784) scores of the predicted pixel probabilities, where leading
+    dimensions (samples of z) broadcast against ``y``: (batch, 784) with the true output pixels
+    and -1 elsewhere. Pixels where y is -1 contribute nothing. Returns (..., batch). Grey values in
+    (0, 1) are used as soft targets, as is usual for MNIST.
     """
     logits, y = _flat(logits), _flat(y)
-    if logits.shape != y.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and y {tuple(y.shape)} must match")
+    try:
+        torch.broadcast_shapes(logits.shape, y.shape)
+    except RuntimeError:
+        raise ValueError(f"logits {tuple(logits.shape)} and y {tuple(y.shape)} must match "
+                         f"(or broadcast): both end in (batch, 784)") from None
     is_output = y >= 0
     target = y.clamp(min=0)
     nll = F.softplus(logits) - target * logits  # -[t log s(l) + (1-t) log(1-s(l))]

@@ -25,7 +25,7 @@ from .data import QuadrantData, iterate_minibatches
 from .networks import CVAE, BaselineNet, masked_bce
 
 __all__ = ["History", "train_baseline", "train_cvae", "default_device", "baseline_loss",
-           "cvae_loss", "gsnn_loss", "EVAL_CHUNK"]
+           "cvae_loss", "gsnn_loss", "early_stopping_loop", "EVAL_CHUNK"]
 
 EVAL_CHUNK = 2048  # images per chunk when scoring a whole split without gradients
 
@@ -79,11 +79,15 @@ def _progress_bar(total: int, desc: str, progress: bool | None):
                 dynamic_ncols=True, file=sys.stderr)
 
 
-def _early_stopping_loop(module, config: CVAEConfig, max_epochs: int, num_train: int,
+def early_stopping_loop(module, config, max_epochs: int, num_train: int,
                          train_epoch: Callable, val_loss_fn: Callable, desc: str,
                          progress: bool | None, callback: Callable | None,
                          start_epoch: Callable | None = None, warmup_epochs: int = 0) -> History:
-    """The loop shared by both models: epochs, validation, patience, best weights kept.
+    """The loop shared by every model: epochs, validation, patience, best weights kept.
+
+    ``config`` is any config with ``seed``, ``batch_size`` and ``patience``. ``train_epoch(idx)``
+    takes one minibatch's indices and returns its summed loss; ``val_loss_fn()`` returns the
+    validation loss per image.
 
     ``start_epoch(epoch)`` runs before each epoch (learning-rate and KL schedules). During the
     first ``warmup_epochs`` the validation loss is recorded but patience does not run out.
@@ -154,7 +158,7 @@ def train_baseline(train: QuadrantData, val: QuadrantData, config: CVAEConfig | 
         baseline.train()
         return value
 
-    history = _early_stopping_loop(baseline, config, max_epochs, len(train), step, val_loss,
+    history = early_stopping_loop(baseline, config, max_epochs, len(train), step, val_loss,
                                    f"baseline k={train.num_quadrants}", progress, callback)
     return baseline.eval(), history
 
@@ -284,7 +288,7 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
         cvae.train()
         return value
 
-    history = _early_stopping_loop(cvae, config, max_epochs, len(train), step, val_loss,
+    history = early_stopping_loop(cvae, config, max_epochs, len(train), step, val_loss,
                                    f"cvae k={train.num_quadrants}", progress, callback,
                                    start_epoch, config.kl_warmup_epochs)
     if frames:

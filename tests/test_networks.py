@@ -39,6 +39,15 @@ def test_masked_bce_ignores_non_output_pixels_and_checks_shapes():
     torch.testing.assert_close(masked_bce(logits, y), masked_bce(changed, y))
     with pytest.raises(ValueError, match="must match"):
         masked_bce(torch.randn(6, 700), y)
+    with pytest.raises(ValueError, match="must match"):
+        masked_bce(torch.randn(5, 784), y)
+
+
+def test_masked_bce_broadcasts_over_samples():
+    _, y = masked_batch(k=1)
+    logits = torch.randn(3, 6, 784)
+    expected = torch.stack([masked_bce(logits[s], y) for s in range(3)])
+    torch.testing.assert_close(masked_bce(logits, y), expected)
 
 
 def test_baseline_shapes_and_range():

@@ -1,0 +1,396 @@
+"""Tests of cvae_utils.evaluate: the -log p(y|x) estimators and the CLL table.
+
+The estimators are checked against independent references: a linear-Gaussian toy model whose
+p(y|x), exact posterior and KL divergences are known in closed form, and torch's own binary
+cross-entropy for the baseline. The CVAE wrappers run on tiny randomly initialised CVAEs with
+synthetic images; only the table test needs MNIST (skipped when it is absent).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import Independent, Normal
+
+from cvae_utils import evaluate
+from cvae_utils.config import CVAEConfig
+from cvae_utils.data import MNISTNotFoundError, QuadrantData, load_mnist, mask_quadrants
+from cvae_utils.evaluate import (
+    PUBLISHED, Conditional, Estimate, baseline_ncll, cll_table, cvae_conditional,
+    cvae_importance_sampling, cvae_mc_prior, cvae_neg_elbo, estimate_nll, format_table,
+    log_mean_exp, neg_elbo, neg_log_importance, published_table, standard_normal_noise,
+    table_rows,
+)
+from cvae_utils.networks import CVAE, BaselineNet
+
+TINY = CVAEConfig(hidden_1=32, hidden_2=32, z_dim=4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run this module's tiny tensors on one thread: threads only add overhead at these sizes,
+    and on a busy machine oversubscribed threads made the module several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------
+# A toy model with a closed form: z ~ N(a x, s^2), y | z ~ N(b z, t^2), independently per dimension
+# ------------------------------------------------------------------------------------------------
+
+class LinearGaussian:
+    """p(y|x) = N(a b x, b^2 s^2 + t^2); p(z|x,y) = N(m, v), 1/v = 1/s^2 + b^2/t^2."""
+
+    def __init__(self, a=0.8, s=1.0, b=2.0, t=0.5):
+        self.a, self.s, self.b, self.t = a, s, b, t
+
+    def true_nll(self, x, y):
+        scale = math.sqrt(self.b ** 2 * self.s ** 2 + self.t ** 2)
+        return -Normal(self.a * self.b * x, scale).log_prob(y).sum(-1)  # (N,)
+
+    def posterior(self, x, y):
+        var = 1.0 / (1.0 / self.s ** 2 + self.b ** 2 / self.t ** 2)
+        mean = var * (self.a * x / self.s ** 2 + self.b * y / self.t ** 2)
+        return mean, torch.full_like(mean, math.sqrt(var))              # (N, D) each
+
+    def condition(self, shift=0.0, widen=1.0):
+        """A `condition` function; the proposal is the exact posterior, shifted and widened."""
+        def condition(x, y):
+            mean, sd = self.posterior(x, y)
+            prior = Independent(Normal(self.a * x, torch.full_like(x, self.s)), 1)
+            proposal = Independent(Normal(mean + shift * sd, widen * sd), 1)
+
+            def log_lik(z):                                             # (S, n, D) -> (S, n)
+                return Normal(self.b * z, self.t).log_prob(y).sum(-1)
+
+            return Conditional(prior, proposal, log_lik)
+        return condition
+
+    def kl_proposal_posterior(self, x, y, shift, widen):
+        """KL(q || p(z|x,y)) summed over dimensions, (N,)."""
+        _, sd = self.posterior(x, y)
+        q_sd = widen * sd
+        return (torch.log(sd / q_sd) + (q_sd ** 2 + (shift * sd) ** 2) / (2 * sd ** 2)
+                - 0.5).sum(-1)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    model = LinearGaussian()
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(40, 2, generator=g, dtype=torch.float64)                   # (N, D)
+    z = model.a * x + model.s * torch.randn(40, 2, generator=g, dtype=torch.float64)
+    y = model.b * z + model.t * torch.randn(40, 2, generator=g, dtype=torch.float64)
+    return model, x, y
+
+
+def test_log_mean_exp_does_not_underflow():
+    log_w = torch.tensor([[-1000.0], [-1001.0]])
+    expected = -1000.0 + math.log((1 + math.exp(-1)) / 2)
+    assert log_mean_exp(log_w, dim=0).item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_importance_sampling_with_exact_posterior_is_exact_with_one_sample(toy):
+    model, x, y = toy
+    estimate = estimate_nll("importance", model.condition(), x, y, num_samples=1)
+    torch.testing.assert_close(estimate.values, model.true_nll(x, y), rtol=0, atol=1e-10)
+    # and so is the ELBO: with q equal to the posterior the bound is tight
+    elbo = estimate_nll("neg_elbo", model.condition(), x, y, num_samples=3)
+    torch.testing.assert_close(elbo.values, model.true_nll(x, y), rtol=0, atol=1e-10)
+
+
+def test_importance_sampling_converges_to_the_truth(toy):
+    model, x, y = toy
+    estimate = estimate_nll("importance", model.condition(shift=0.5, widen=1.5), x, y,
+                            num_samples=20_000)
+    truth = model.true_nll(x, y)
+    # this proposal has E_q[w^2] / E_q[w]^2 = 1.29 per dimension, so the error of one image's
+    # estimate has a standard deviation of about sqrt((1.29^2 - 1) / S) = 0.006 nats
+    assert (estimate.values - truth).abs().max().item() < 0.03
+    assert estimate.mean == pytest.approx(truth.mean().item(), abs=0.005)
+
+
+def test_neg_elbo_is_the_nll_plus_kl_in_expectation(toy):
+    model, x, y = toy
+    shift, widen = 1.0, 1.5
+    estimate = estimate_nll("neg_elbo", model.condition(shift, widen), x, y, num_samples=20_000)
+    truth = model.true_nll(x, y)
+    kl = model.kl_proposal_posterior(x, y, shift, widen)
+    assert (kl > 0.3).all()                                  # a visibly loose bound
+    # log w has variance 2 * (shift^2 widen^2 + (1 - widen^2)^2 / 2) = 6.1 here: per image the
+    # error has a standard deviation of sqrt(6.1 / S) = 0.017 nats, the mean over 40 of 0.003
+    torch.testing.assert_close(estimate.values, truth + kl, rtol=0, atol=0.1)
+    assert estimate.mean == pytest.approx((truth + kl).mean().item(), abs=0.015)
+    assert (estimate.values > truth).all()
+
+
+def test_mc_prior_overestimates_with_finite_samples_and_converges(toy):
+    model, x, y = toy
+    truth = model.true_nll(x, y)
+    # S = 5: by Jensen, E[-log mean p(y|z_s)] > -log p(y|x); average over seeds and images
+    bias = torch.stack([estimate_nll("mc_prior", model.condition(), x, y, 5, seed=seed).values
+                        - truth for seed in range(40)])                  # (seeds, N)
+    stderr = bias.std() / math.sqrt(bias.numel())
+    assert bias.mean() > 5 * stderr and bias.mean() > 0.1
+    # large S: close to the truth (the prior is much wider than the posterior, so S is large)
+    estimate = estimate_nll("mc_prior", model.condition(), x, y, 20_000)
+    assert abs(estimate.mean - truth.mean().item()) < 0.05
+
+
+def test_importance_never_above_elbo_with_shared_samples(toy):
+    model, x, y = toy
+    condition = model.condition(shift=1.0, widen=0.8)
+    conditional = condition(x, y)
+    eps = standard_normal_noise(7, 2, 0, len(x), seed=3, dtype=torch.float64)  # (S, N, D)
+    assert (neg_log_importance(conditional, eps) <= neg_elbo(conditional, eps) + 1e-12).all()
+
+
+def test_chunking_does_not_change_the_result(toy, monkeypatch):
+    model, x, y = toy
+    condition = model.condition(shift=0.5, widen=1.5)
+    for method in evaluate.METHODS:
+        big = estimate_nll(method, condition, x, y, 9, chunk_size=1000)
+        for chunk_size in (1, 7, None):
+            small = estimate_nll(method, condition, x, y, 9, chunk_size=chunk_size)
+            torch.testing.assert_close(small.values, big.values, rtol=0, atol=1e-12)
+        # tiny blocks also split the samples of each image
+        monkeypatch.setattr(evaluate, "PAIRS_PER_CHUNK", 4)
+        split = estimate_nll(method, condition, x, y, 9, chunk_size=3)
+        monkeypatch.undo()
+        torch.testing.assert_close(split.values, big.values, rtol=0, atol=1e-12)
+
+
+def test_fixed_seed_same_numbers_and_global_rng_untouched(toy):
+    model, x, y = toy
+    condition = model.condition(shift=0.5, widen=1.5)
+    state = torch.get_rng_state()
+    first = estimate_nll("importance", condition, x, y, 10, seed=5)
+    second = estimate_nll("importance", condition, x, y, 10, seed=5)
+    other = estimate_nll("importance", condition, x, y, 10, seed=6)
+    assert torch.equal(state, torch.get_rng_state())
+    assert torch.equal(first.values, second.values)
+    assert not torch.equal(first.values, other.values)
+
+
+def test_estimate_summary(toy):
+    model, x, y = toy
+    estimate = estimate_nll("importance", model.condition(), x, y, 1, name="toy")
+    values = estimate.values
+    assert estimate.name == "toy" and estimate.num_samples == 1
+    assert estimate.mean == pytest.approx(values.mean().item())
+    assert estimate.stderr == pytest.approx(values.std().item() / math.sqrt(len(values)))
+    assert estimate.per_pixel == pytest.approx(estimate.mean / 2)  # D = 2 outputs per image
+    assert "toy" in str(estimate)
+
+
+@pytest.mark.parametrize("num_samples", [0, -3, 1.5, True, "10", None])
+def test_bad_num_samples_raise(toy, num_samples):
+    model, x, y = toy
+    with pytest.raises(ValueError, match="num_samples"):
+        estimate_nll("importance", model.condition(), x, y, num_samples)
+
+
+def test_bad_data_raise(toy):
+    model, x, y = toy
+    with pytest.raises(ValueError, match="same number of images"):
+        estimate_nll("importance", model.condition(), x, y[:-1], 5)
+    with pytest.raises(ValueError, match="no images"):
+        estimate_nll("importance", model.condition(), x[:0], y[:0], 5)
+    with pytest.raises(ValueError, match="unknown method"):
+        estimate_nll("elbo", model.condition(), x, y, 5)
+    with pytest.raises(ValueError, match="seed"):
+        estimate_nll("importance", model.condition(), x, y, 5, seed=0.5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        estimate_nll("importance", model.condition(), x, y, 5, chunk_size=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The CVAE wrappers, on tiny random networks and synthetic images
+# ------------------------------------------------------------------------------------------------
+
+def quadrant_data(num_images: int, num_quadrants: int, seed: int = 0) -> QuadrantData:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(num_images, 784, generator=g)
+    images = torch.where(images > 0.7, images, torch.zeros_like(images))  # sparse, MNIST-like
+    x, y, _, _ = mask_quadrants(images, num_quadrants)
+    return QuadrantData(x, y, torch.zeros(num_images, dtype=torch.int64), num_quadrants)
+
+
+@pytest.fixture(scope="module")
+def tiny_cvae():
+    torch.manual_seed(0)
+    return CVAE(BaselineNet(TINY), TINY).eval()
+
+
+def test_baseline_ncll_matches_torch_bce():
+    torch.manual_seed(1)
+    baseline = BaselineNet(TINY).eval()
+    for k in (1, 2, 3):
+        data = quadrant_data(30, k)
+        estimate = baseline_ncll(baseline, data)
+        with torch.no_grad():
+            probs = baseline(data.x)                                     # (N, 784)
+        out = data.y >= 0
+        expected = torch.stack([
+            F.binary_cross_entropy(probs[i][out[i]], data.y[i][out[i]], reduction="sum")
+            for i in range(len(data))])
+        torch.testing.assert_close(estimate.values, expected, rtol=1e-5, atol=1e-4)
+        assert estimate.num_output_pixels == 196 * (4 - k)
+        assert estimate.per_pixel == pytest.approx(estimate.mean / (196 * (4 - k)))
+        assert estimate.num_samples is None
+
+
+def test_cvae_log_likelihood_matches_the_bernoulli_likelihood(tiny_cvae):
+    data = quadrant_data(6, 2)
+    conditional = cvae_conditional(tiny_cvae)(data.x, data.y)
+    z = torch.randn(3, 6, TINY.z_dim)                                    # (S, N, z_dim)
+    with torch.no_grad():
+        bernoulli = tiny_cvae.likelihood(data.x, z)                      # over all 784 pixels
+        reference = torch.where(data.y >= 0, bernoulli.log_prob(data.y.clamp(min=0)),
+                                torch.zeros(())).sum(-1)                  # (S, N)
+        torch.testing.assert_close(conditional.log_lik(z), reference, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("num_quadrants", [1, 3])
+def test_cvae_estimators_shapes_order_and_determinism(tiny_cvae, num_quadrants):
+    data = quadrant_data(50, num_quadrants)
+    state = torch.get_rng_state()
+    elbo = cvae_neg_elbo(tiny_cvae, data, num_samples=5)
+    prior = cvae_mc_prior(tiny_cvae, data, num_samples=20)
+    importance = cvae_importance_sampling(tiny_cvae, data, num_samples=20)
+    again = cvae_importance_sampling(tiny_cvae, data, num_samples=20)
+    assert torch.equal(state, torch.get_rng_state())
+    assert torch.equal(importance.values, again.values)
+    for estimate in (elbo, prior, importance):
+        assert estimate.values.shape == (50,)
+        assert torch.isfinite(estimate.values).all()
+        assert estimate.num_output_pixels == 196 * (4 - num_quadrants)
+    assert elbo.name == "CVAE -ELBO (S=5)" and importance.name == "CVAE IS (S=20)"
+    # IS below the -ELBO: exactly with shared samples, on average with different S
+    shared = cvae_neg_elbo(tiny_cvae, data, num_samples=20)
+    assert (importance.values <= shared.values + 1e-3).all()
+    difference = elbo.values - importance.values                         # (N,)
+    assert difference.mean() > 3 * difference.std() / math.sqrt(len(difference))
+
+
+def test_cvae_chunking_and_conditioned_decoder():
+    config = TINY.replace(decoder_sees_x=True)
+    torch.manual_seed(2)
+    cvae = CVAE(BaselineNet(config), config).eval()
+    data = quadrant_data(23, 2)
+    for estimator in (cvae_neg_elbo, cvae_mc_prior, cvae_importance_sampling):
+        small = estimator(cvae, data, num_samples=6, chunk_size=4)
+        big = estimator(cvae, data, num_samples=6)
+        torch.testing.assert_close(small.values, big.values, rtol=1e-5, atol=1e-4)
+
+
+def test_cvae_bad_inputs_raise(tiny_cvae):
+    data = quadrant_data(5, 1)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="num_samples"):
+            cvae_importance_sampling(tiny_cvae, data, num_samples=bad)
+    mismatch = QuadrantData(data.x, data.y[:4], data.labels, 1)
+    with pytest.raises(ValueError, match="must both be"):
+        cvae_neg_elbo(tiny_cvae, mismatch)
+    wrong_width = QuadrantData(data.x[:, :100], data.y[:, :100], data.labels, 1)
+    with pytest.raises(ValueError, match=r"\(N, 784\)"):
+        cvae_mc_prior(tiny_cvae, wrong_width)
+    empty = QuadrantData(data.x[:0], data.y[:0], data.labels[:0], 1)
+    with pytest.raises(ValueError, match="no images"):
+        baseline_ncll(tiny_cvae.baseline, empty)
+    no_output = QuadrantData(data.x, torch.full_like(data.y, -1.0), data.labels, 1)
+    with pytest.raises(ValueError, match="no output pixels"):
+        cvae_importance_sampling(tiny_cvae, no_output, num_samples=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# The table, on the smoke budget with tiny networks
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mnist():
+    try:
+        return load_mnist(download=False)
+    except MNISTNotFoundError as error:
+        pytest.skip(f"MNIST is not available: {error}")
+
+
+def test_cll_table_layout_files_and_cache(mnist, tmp_path, monkeypatch):
+    monkeypatch.setenv("CVAE_BUDGET", "smoke")
+    # two of the three quadrant counts keep it quick, and check that only those are columns
+    kwargs = dict(num_quadrants=(1, 3), config=TINY, data=mnist, num_samples=4, elbo_samples=2,
+                  device="cpu", cache=tmp_path, progress=False)
+    table = cll_table(**kwargs)
+    rows = table_rows(4, 2)
+    assert rows == ["NN baseline", "CVAE -ELBO (S=2)", "CVAE MC prior (S=4)", "CVAE IS (S=4)",
+                    "Performance gap (NN - CVAE IS)"]
+    assert list(table.index) == rows
+    assert list(table.columns) == [(f"{k} quadrant{'s' if k > 1 else ''}", stat)
+                                   for k in (1, 3) for stat in ("mean", "stderr")]
+    assert table.notna().all().all() and (table.xs("stderr", axis=1, level=1) > 0).all().all()
+    means = table.xs("mean", axis=1, level="statistic")
+    gap = means.loc["NN baseline"] - means.loc["CVAE IS (S=4)"]
+    assert (gap - means.loc["Performance gap (NN - CVAE IS)"]).abs().max() < 1e-6
+    assert table.attrs["budget"] == "smoke" and table.attrs["num_test"] == 256
+
+    csv_files, json_files = list(tmp_path.glob("cll-table-smoke-*.csv")), \
+        list(tmp_path.glob("cll-table-smoke-*.json"))
+    assert len(csv_files) == 1 and len(json_files) == 1
+    long = pd.read_csv(csv_files[0])
+    assert list(long.columns) == ["method", "num_quadrants", "inputs", "mean", "stderr",
+                                  "per_pixel"]
+    assert len(long) == 5 * 2 and long["method"].tolist()[::2] == rows
+    first = long.iloc[0]
+    assert first["mean"] == pytest.approx(table.loc["NN baseline", ("1 quadrant", "mean")])
+    assert first["per_pixel"] == pytest.approx(first["mean"] / 588)
+    stored = json.loads(json_files[0].read_text())
+    assert stored["rows"] == rows and stored["key"]["num_samples"] == 4
+
+    # a corrupt cached table is reported and recomputed from the cached models (not retrained)
+    models = {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.pt")}
+    assert len(models) == 4                                  # baseline and CVAE for k = 1, 3
+    json_files[0].write_text("{not json")
+    with pytest.warns(UserWarning, match="bad cached CLL table"):
+        recomputed = cll_table(**kwargs)
+    assert recomputed.equals(table)                          # fixed seed: the same numbers
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.pt")} == models
+    mtimes = (csv_files[0].stat().st_mtime_ns, json_files[0].stat().st_mtime_ns)
+
+    # a second call reads the cache: nothing is loaded, trained or estimated again
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the cached table should have been used")
+    for name in ("trained_cvae", "load_mnist", "cvae_importance_sampling", "baseline_ncll"):
+        monkeypatch.setattr(evaluate, name, forbidden)
+    again = cll_table(**{**kwargs, "data": None})
+    assert again.equals(table)
+    assert (csv_files[0].stat().st_mtime_ns, json_files[0].stat().st_mtime_ns) == mtimes
+
+    strings = format_table(table)
+    assert list(strings.columns) == ["1 quadrant", "3 quadrants"]
+    assert " ± " in strings.loc["CVAE IS (S=4)", "1 quadrant"]
+    with_published = format_table(table, published=True)
+    assert with_published.loc[("Pyro tutorial", "NN baseline"), "3 quadrants"] == "25.4"
+    assert with_published.loc[("TorchZQ", "CVAE IS (S=100)"), "3 quadrants"] == "—"
+    assert with_published.loc[("this book", "NN baseline"), "1 quadrant"] == \
+        strings.loc["NN baseline", "1 quadrant"]
+
+
+def test_published_numbers():
+    frame = published_table()
+    assert frame.loc[("Pyro tutorial", "NN baseline")].tolist() == [100.4, 61.9, 25.4]
+    tutorial_cvae = PUBLISHED["Pyro tutorial"]['CVAE "Monte Carlo" (in fact -ELBO)']
+    assert tutorial_cvae == (71.8, 51.0, 24.2)
+    assert frame.loc[("TorchZQ", "CVAE IS (S=100)"), "1 quadrant"] == pytest.approx(72.255)
+
+
+def test_estimate_is_a_frozen_record():
+    estimate = Estimate.from_values("x", torch.tensor([1.0, 3.0]), 2, 4)
+    assert (estimate.mean, estimate.per_pixel) == (2.0, 0.5)
+    assert estimate.stderr == pytest.approx(math.sqrt(2) / math.sqrt(2))
+    assert math.isnan(Estimate.from_values("x", torch.tensor([1.0]), 2, 4).stderr)
