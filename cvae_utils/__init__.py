@@ -2,22 +2,32 @@
 
 Modules follow the book's story: `config` (hyperparameters and budgets), `data` (MNIST, splits,
 quadrant masking, batching), `networks` (baseline, encoders, decoder, the Pyro model and guide),
-`train` (training loops with early stopping) and `cache` (trained models shared between chapters).
-Run ``python -m cvae_utils train --help`` to pre-train models from the command line.
+`train` (training loops with early stopping), `cache` (trained models shared between chapters),
+`evaluate` (the CLL estimators and table), `plotting` and `animation` (figures), and, beyond the
+tutorial, `classifier`, `diversity` (how often samples change the digit) and `complete`
+(completing any partial digit). Run ``python -m cvae_utils train --help`` to pre-train models.
 """
 from .cache import trained_baseline, trained_cvae
-from .config import BUDGETS, Budget, CVAEConfig, get_budget, tutorial_config
+from .classifier import classifier_accuracy, trained_classifier
+from .complete import complete_digit, draw_digit_strokes
+from .config import BUDGETS, Budget, ClassifierConfig, CVAEConfig, get_budget, tutorial_config
 from .data import (MNISTData, MNISTNotFoundError, QuadrantData, Split, input_mask, load_mnist,
                    make_quadrant_data, mask_quadrants)
+from .diversity import diversity_table, find_ambiguous, identity_diversity
+from .evaluate import (baseline_ncll, cll_table, cvae_importance_sampling, cvae_mc_prior,
+                       cvae_neg_elbo, format_table)
 from .networks import CVAE, BaselineNet, Decoder, Encoder, masked_bce
 from .train import History, train_baseline, train_cvae
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BUDGETS", "Budget", "CVAEConfig", "get_budget", "tutorial_config",
+    "BUDGETS", "Budget", "ClassifierConfig", "CVAEConfig", "get_budget", "tutorial_config",
     "MNISTData", "MNISTNotFoundError", "QuadrantData", "Split", "input_mask", "load_mnist",
     "make_quadrant_data", "mask_quadrants",
     "CVAE", "BaselineNet", "Decoder", "Encoder", "masked_bce",
     "History", "train_baseline", "train_cvae", "trained_baseline", "trained_cvae",
+    "baseline_ncll", "cvae_neg_elbo", "cvae_mc_prior", "cvae_importance_sampling", "cll_table",
+    "format_table", "trained_classifier", "classifier_accuracy", "identity_diversity",
+    "diversity_table", "find_ambiguous", "complete_digit", "draw_digit_strokes",
 ]

@@ -115,12 +115,12 @@ def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> 
             f"could not load MNIST from {raw} ({type(error).__name__}: {error}).\n"
             f"Missing there: {', '.join(missing) or 'none (a file may be corrupt)'}.\n{how_to_fix}"
         ) from error
-    images, labels = _to_float(train.data), train.targets.to(torch.int64)
+    images, labels = train.data, train.targets.to(torch.int64)  # uint8: index before converting
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(VALIDATION_SEED))
     train_idx, val_idx = order[:-NUM_VAL], order[-NUM_VAL:]
     return MNISTData(
-        train=Split(images[train_idx], labels[train_idx]),
-        val=Split(images[val_idx], labels[val_idx]),
+        train=Split(_to_float(images[train_idx]), labels[train_idx]),
+        val=Split(_to_float(images[val_idx]), labels[val_idx]),
         test=Split(_to_float(test.data), test.targets.to(torch.int64)),
     )
 

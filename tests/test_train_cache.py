@@ -195,3 +195,10 @@ def test_kl_warmup_scales_the_kl_term(tiny_data):
     guide_trace.compute_log_prob()
     assert model_trace.nodes["z"]["scale"] == 0.25 and guide_trace.nodes["z"]["scale"] == 0.25
     assert model_trace.nodes["y"]["scale"] == 1.0
+
+
+def test_nan_validation_loss_gives_a_clear_error(tiny_data):
+    train, val = quadrant_splits(tiny_data)
+    val.x[:] = float("nan")  # NaN inputs give NaN predictions
+    with pytest.raises(FloatingPointError, match="never finite"):
+        train_baseline(train, val, SMALL, max_epochs=2, device="cpu", progress=False)

@@ -1,0 +1,206 @@
+"""Seconds per training epoch: the project's pipeline against the Pyro tutorial's, side by side.
+
+Four training pipelines on the same machine, in one process, with the same thread count, for k
+input quadrants (default 1):
+
+  baseline / project   `cvae_utils.train.train_baseline` (whole-tensor slices, masked BCE on logits)
+  baseline / tutorial  per-sample Dataset + DataLoader, sigmoid + BCE, index-assignment masking
+  cvae / project       `cvae_utils.train.train_cvae` (baseline guesses precomputed once per run)
+  cvae / tutorial      per-sample DataLoader, the tutorial's model (baseline inside every step)
+
+plus, unless ``--val-images 0``, one validation pass of each (project: `baseline_loss` /
+`cvae_loss` on the validation split in chunks of 2048; tutorial: its "val" phase over the test
+set's DataLoader, ``svi.evaluate_loss`` per batch of 128).
+
+Timings are interleaved (all four pipelines once, then again, ``--repeats`` times, after one
+untimed warm-up run of each) and the best and the median wall-clock times are printed, with the
+best process CPU time beside them (on a machine shared with other processes, wall time grows
+with their load, CPU time much less; with one thread CPU seconds are what the run would take
+on an idle core). With ``--num-images N``
+each run trains on the first N training images and the time is extrapolated linearly to the
+full 50,000-image epoch (s/epoch = seconds / epochs * 50,000 / N); the per-step cost does not
+depend on N, so this is exact up to the project's once-per-run setup (model construction, ~0.1 s,
+included in the run and thus slightly overstated after extrapolation).
+
+The project's train_* functions also score a validation split after every epoch; they are given
+256 validation images here so that this costs < 1 % of the epoch (the validation pass is timed
+on its own below). GFLOP/s count the analytic FLOPs (see ``common.flop_counts`` and the README)
+of what each pipeline executes, against an fp32 matmul peak measured in the same run (at the
+start and at the end, the larger counts), once per wall-clock second and once per CPU second.
+
+Example (what the README reports):  python benchmarks/bench_epoch.py --num-images 10000 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import common
+from cvae_utils.config import CVAEConfig
+from cvae_utils.data import QuadrantData
+from cvae_utils.networks import BaselineNet
+from cvae_utils.train import baseline_loss, cvae_loss, train_baseline, train_cvae
+
+PROJECT_VAL_IMAGES = 256  # validation images the project's train_* score after each epoch here
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per timed run (default 1)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+    parser.add_argument("--num-images", type=int, default=common.FULL_EPOCH,
+                        help="training images per epoch; < 50000 times a partial epoch and "
+                             "extrapolates to 50000 (default 50000)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each (default 1)")
+    parser.add_argument("--val-images", type=int, default=10_000,
+                        help="images of the timed validation pass; 0 skips it (default 10000)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for every pipeline (default: torch's)")
+    parser.add_argument("--quadrants", type=int, default=1, choices=(1, 2, 3))
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up runs")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    threads = common.set_threads(args.threads)
+    config = CVAEConfig(batch_size=args.batch_size, patience=args.epochs + 1)
+    n, epochs, k = args.num_images, args.epochs, args.quadrants
+    print(f"# bench_epoch | {common.describe_machine()}")
+    print(f"# epochs per run {epochs}, batch {args.batch_size}, {n} training images "
+          f"(extrapolated to {common.FULL_EPOCH}), k={k}, repeats {args.repeats}, threads {threads}")
+
+    peak_before, cpu_peak_before = common.measure_peaks()
+    print(f"fp32 matmul peak (2048^3 torch.mm, best of 5 rounds of 5): {peak_before:.1f} GFLOP/s "
+          f"wall-clock, {cpu_peak_before:.1f} GFLOP/s per CPU-second x threads")
+
+    # ---- data: the project's whole tensors; the tutorial's per-sample datasets ----------------
+    start = time.perf_counter()
+    train_q, val_q, _ = common.load_project_data(n, max(args.val_images, PROJECT_VAL_IMAGES), k)
+    val_small = QuadrantData(val_q.x[:PROJECT_VAL_IMAGES], val_q.y[:PROJECT_VAL_IMAGES],
+                             val_q.labels[:PROJECT_VAL_IMAGES], k)
+    print(f"project data loaded and masked in {time.perf_counter() - start:.2f} s "
+          f"(once per process, not in the epoch times)")
+    tut_train = common.tutorial_dataset(k, train=True, num_images=n)
+    tut_val = common.tutorial_dataset(k, train=False, num_images=args.val_images or 1)
+
+    # ---- the four training pipelines ------------------------------------------------------------
+    def project_baseline():
+        train_baseline(train_q, val_small, config, epochs, device="cpu", progress=False)
+
+    def tutorial_baseline():
+        torch.manual_seed(config.seed)
+        model = common.TutorialBaseline(config.hidden_1, config.hidden_2)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.baseline_lr)
+        loader = common.tutorial_loader(tut_train, args.batch_size, shuffle=True, seed=config.seed)
+        for _ in range(epochs):
+            common.tutorial_baseline_epoch(model, optimizer, loader)
+
+    def project_cvae():
+        torch.manual_seed(config.seed)
+        baseline = BaselineNet(config)  # untrained: the timing does not depend on its weights
+        train_cvae(train_q, val_small, baseline, config, epochs, device="cpu", progress=False)
+
+    def tutorial_cvae():
+        _, svi = common.make_tutorial_cvae(config)
+        loader = common.tutorial_loader(tut_train, args.batch_size, shuffle=True, seed=config.seed)
+        for _ in range(epochs):
+            common.tutorial_cvae_epoch(svi, loader)
+
+    variants = {"baseline / project": project_baseline, "baseline / tutorial": tutorial_baseline,
+                "cvae / project": project_cvae, "cvae / tutorial": tutorial_cvae}
+    times = common.round_robin(variants, args.repeats, warmup=not args.no_warmup)
+
+    flops = common.flop_counts(config)
+    run_flops = {  # executed FLOPs of one whole timed run
+        "baseline / project": n * epochs * flops["baseline_train"]
+        + PROJECT_VAL_IMAGES * epochs * flops["baseline_eval"],
+        "baseline / tutorial": n * epochs * flops["baseline_train"],
+        "cvae / project": n * epochs * flops["cvae_train"] + n * flops["cvae_guess_precompute"]
+        + PROJECT_VAL_IMAGES * epochs * flops["cvae_eval_with_baseline"],
+        "cvae / tutorial": n * epochs * flops["cvae_train_with_baseline"],
+    }
+
+    # ---- validation passes --------------------------------------------------------------------
+    val_times = {}
+    if args.val_images:
+        torch.manual_seed(config.seed)
+        baseline = BaselineNet(config).eval()
+        from cvae_utils.networks import CVAE
+        cvae = CVAE(BaselineNet(config), config).eval()
+        tut_base = common.TutorialBaseline(config.hidden_1, config.hidden_2).eval()
+        _, tut_svi = common.make_tutorial_cvae(config)
+        val_loader = common.tutorial_loader(tut_val, args.batch_size, shuffle=False)
+
+        def tut_base_val():
+            with torch.no_grad():
+                for batch in val_loader:
+                    common.tutorial_masked_bce_sum(tut_base(batch["input"]), batch["output"]).item()
+
+        val_variants = {
+            "baseline val / project": lambda: baseline_loss(baseline, val_q).mean().item(),
+            "baseline val / tutorial": tut_base_val,
+            "cvae val / project": lambda: cvae_loss(cvae, val_q).mean().item(),
+            "cvae val / tutorial": lambda: common.tutorial_cvae_val(tut_svi, val_loader),
+        }
+        val_times = common.round_robin(val_variants, max(args.repeats, 3))
+        nv = args.val_images
+        val_flops = {"baseline val / project": nv * flops["baseline_eval"],
+                     "baseline val / tutorial": nv * flops["baseline_eval"],
+                     "cvae val / project": nv * flops["cvae_eval_with_baseline"],
+                     "cvae val / tutorial": nv * flops["cvae_eval_with_baseline"]}
+
+    peak_after, cpu_peak_after = common.measure_peaks()
+    peak, cpu_peak = max(peak_before, peak_after), max(cpu_peak_before, cpu_peak_after)
+    print(f"fp32 matmul peak measured again at the end: {peak_after:.1f} wall / {cpu_peak_after:.1f}"
+          f" CPU; using the larger: {peak:.1f} GFLOP/s wall, {cpu_peak:.1f} GFLOP/s CPU")
+
+    # ---- report -------------------------------------------------------------------------------
+    scale = common.FULL_EPOCH / n / epochs
+    print()
+    print(f"TRAINING: seconds per {common.FULL_EPOCH}-image epoch (batch {args.batch_size}, k={k}, "
+          f"{threads} threads)")
+    header = (f"{'pipeline':<22}{'wall s/epoch':>13}{'median':>8}{'CPU s/epoch':>12}"
+              f"{'GFLOP/s':>9}{'% peak':>8}{'CPU GFLOP/s':>12}{'% CPU peak':>11}")
+    print(header)
+    print("-" * len(header))
+    best_epoch, best_cpu = {}, {}
+    for name, ts in times.items():
+        b, m = common.best(ts) * scale, common.median(ts) * scale
+        best_epoch[name], best_cpu[name] = b, min(ts.cpu) * scale
+        rate = run_flops[name] / common.best(ts) / 1e9
+        crate = common.cpu_rate(run_flops[name], min(ts.cpu))
+        print(f"{name:<22}{b:>13.2f}{m:>8.2f}{best_cpu[name]:>12.2f}{rate:>9.1f}"
+              f"{100 * rate / peak:>7.1f}%{crate:>12.1f}{100 * crate / cpu_peak:>10.1f}%")
+    print()
+    for model in ("baseline", "cvae"):
+        ratio = best_epoch[f"{model} / tutorial"] / best_epoch[f"{model} / project"]
+        cratio = best_cpu[f"{model} / tutorial"] / best_cpu[f"{model} / project"]
+        print(f"ratio tutorial / project, {model:<8}: {ratio:5.2f}x wall-clock, {cratio:5.2f}x "
+              f"CPU time  (best vs best)")
+    print(f"FLOPs per image per training step: baseline {flops['baseline_train'] / 1e6:.3f} M, "
+          f"cvae {flops['cvae_train'] / 1e6:.3f} M (+{flops['cvae_guess_precompute'] / 1e6:.3f} M "
+          f"baseline forward: once per run in the project, every step in the tutorial)")
+
+    if val_times:
+        print()
+        print(f"VALIDATION: seconds per pass over {args.val_images} images")
+        header = (f"{'pipeline':<26}{'wall s':>9}{'median':>8}{'CPU s':>8}{'GFLOP/s':>9}"
+                  f"{'% peak':>8}{'CPU GFLOP/s':>12}{'% CPU peak':>11}")
+        print(header)
+        print("-" * len(header))
+        for name, ts in val_times.items():
+            rate = val_flops[name] / common.best(ts) / 1e9
+            crate = common.cpu_rate(val_flops[name], min(ts.cpu))
+            print(f"{name:<26}{common.best(ts):>9.3f}{common.median(ts):>8.3f}{min(ts.cpu):>8.3f}"
+                  f"{rate:>9.1f}{100 * rate / peak:>7.1f}%{crate:>12.1f}{100 * crate / cpu_peak:>10.1f}%")
+        for model in ("baseline", "cvae"):
+            tut, pro = val_times[f"{model} val / tutorial"], val_times[f"{model} val / project"]
+            print(f"ratio tutorial / project, {model} validation: {min(tut) / min(pro):5.2f}x "
+                  f"wall-clock, {min(tut.cpu) / min(pro.cpu):5.2f}x CPU time")
+
+
+if __name__ == "__main__":
+    main()
