@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 
 from .config import Budget, CVAEConfig, get_budget
 from .data import MNISTData, check_num_quadrants, load_mnist, make_quadrant_data
+from .files import write_atomically
 from .networks import CVAE, BaselineNet
 from .train import History, default_device, train_baseline, train_cvae
 
@@ -79,23 +79,10 @@ def checkpoint_path(key: dict, directory: str | os.PathLike | None = None) -> Pa
 def save_checkpoint(path: str | os.PathLike, key: dict, state_dict: dict,
                     history: History) -> Path:
     """Write a checkpoint atomically: a temporary file in the same directory, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"key": json.dumps(key, sort_keys=True),
                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
                "history": history.to_dict()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is readable like other files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, key: dict, module: torch.nn.Module) -> History:

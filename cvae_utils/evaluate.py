@@ -28,9 +28,7 @@ import io
 import json
 import math
 import numbers
-import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 from .cache import cache_dir, run_key, trained_cvae
 from .config import Budget, CVAEConfig, get_budget
 from .data import MNISTData, QuadrantData, check_num_quadrants, load_mnist, make_quadrant_data
+from .files import write_atomically
 from .networks import CVAE, NUM_PIXELS, BaselineNet, masked_bce
 from .train import baseline_loss, default_device
 
@@ -400,18 +399,8 @@ def table_rows(num_samples: int = DEFAULT_NUM_SAMPLES,
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in the same directory, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` atomically (see `cvae_utils.files.write_atomically`)."""
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _table_key(config: CVAEConfig, budget: Budget, ks: list[int], num_samples: int,
