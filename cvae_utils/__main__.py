@@ -10,7 +10,7 @@ import sys
 import time
 
 from .cache import cache_dir, trained_cvae
-from .config import BUDGETS, CVAEConfig, get_budget
+from .config import BUDGETS, book_config, get_budget, tutorial_config
 from .data import data_root, load_mnist
 
 
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--cache-dir", default=None, help="model cache (default: $CVAE_CACHE_DIR)")
     train.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     train.add_argument("--retrain", action="store_true", help="ignore and overwrite the cache")
+    train.add_argument("--tutorial", action="store_true",
+                       help="train the Pyro tutorial's configuration instead of the book's")
     args = parser.parse_args(argv)
 
     budget = get_budget(args.budget)
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load_mnist(args.data_dir)
     for k in args.quadrants:
         start = time.perf_counter()
-        _, history = trained_cvae(k, CVAEConfig(), budget, data, device=args.device, progress=True,
+        config = tutorial_config() if args.tutorial else book_config()
+        _, history = trained_cvae(k, config, budget, data, device=args.device, progress=True,
                                   use_cache=not args.retrain, cache=args.cache_dir)
         print(f"k={k}: CVAE best validation -ELBO {history.best_val_loss:.2f} nats at epoch "
               f"{history.best_epoch} ({time.perf_counter() - start:.1f} s)", flush=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, replace
 
-__all__ = ["CVAEConfig", "ClassifierConfig", "Budget", "BUDGETS", "get_budget", "tutorial_config"]
+__all__ = ["CVAEConfig", "ClassifierConfig", "Budget", "BUDGETS", "get_budget", "tutorial_config",
+           "book_config"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,18 @@ class ClassifierConfig:
 def tutorial_config() -> CVAEConfig:
     """The configuration of the Pyro tutorial, kept as the book's reference row."""
     return CVAEConfig()
+
+
+def book_config() -> CVAEConfig:
+    """The configuration the book trains and reports: the tutorial's, with the paper's decoder.
+
+    The generation network reads x as well as z, as in the paper's p(y|x,z). Measured at the
+    quick budget (2,000 test images, importance sampling, S=100, nats), the tutorial's decoder
+    that reads z alone loses to the baseline with two and three input quadrants (76.8 against
+    72.9, 39.2 against 33.3), while this one wins in all three settings (105.1, 66.8, 30.0
+    against 120.0, 72.9, 33.3).
+    """
+    return CVAEConfig(decoder_sees_x=True)
 
 
 @dataclass(frozen=True)
