@@ -202,3 +202,12 @@ def test_nan_validation_loss_gives_a_clear_error(tiny_data):
     val.x[:] = float("nan")  # NaN inputs give NaN predictions
     with pytest.raises(FloatingPointError, match="never finite"):
         train_baseline(train, val, SMALL, max_epochs=2, device="cpu", progress=False)
+
+
+def test_book_config_differs_from_the_tutorial_only_in_the_decoder():
+    from cvae_utils import book_config, tutorial_config
+
+    book, tutorial = book_config().to_dict(), tutorial_config().to_dict()
+    assert {name for name in book if book[name] != tutorial[name]} == {"decoder_sees_x"}
+    # so both share one baseline in the cache
+    assert run_key("baseline", book_config(), TINY, 1) == run_key("baseline", tutorial_config(), TINY, 1)
