@@ -38,7 +38,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from .cache import cache_dir, run_key, trained_cvae
+from .cache import cache_dir, run_key, trained_baseline, trained_cvae
 from .config import Budget, CVAEConfig, get_budget
 from .data import MNISTData, QuadrantData, check_num_quadrants, load_mnist, make_quadrant_data
 from .files import write_atomically
@@ -517,10 +517,14 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
     for k in ks:
         start = time.perf_counter()
         # trained_cvae fetches (or trains) the baseline through trained_baseline first; the NN row
-        # scores the copy inside the CVAE, the very network whose guesses its prior reads
+        # scores the copy inside the CVAE, the very network whose guesses its prior reads, except
+        # when that copy was fine-tuned with the CVAE: then it is a feature of the prior, no longer
+        # a prediction of y, and the NN row scores the baseline as trained on its own
         cvae, _ = trained_cvae(k, config, budget, data, device, progress, use_cache, cache)
         test = make_quadrant_data(test_split, k)                         # (num_test, 784) each
-        nn = baseline_ncll(cvae.baseline, test)
+        baseline = (trained_baseline(k, config, budget, data, device, progress, use_cache,
+                                     cache)[0] if config.joint_baseline else cvae.baseline)
+        nn = baseline_ncll(baseline, test)
         estimates = [nn, cvae_neg_elbo(cvae, test, elbo_samples, seed),
                      cvae_mc_prior(cvae, test, num_samples, seed),
                      cvae_importance_sampling(cvae, test, num_samples, seed)]

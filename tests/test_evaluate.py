@@ -394,3 +394,15 @@ def test_estimate_is_a_frozen_record():
     assert (estimate.mean, estimate.per_pixel) == (2.0, 0.5)
     assert estimate.stderr == pytest.approx(math.sqrt(2) / math.sqrt(2))
     assert math.isnan(Estimate.from_values("x", torch.tensor([1.0]), 2, 4).stderr)
+
+
+def test_jointly_trained_baseline_is_not_the_nn_row(mnist, tmp_path, monkeypatch):
+    """Fine-tuned inside the CVAE, the baseline is a feature of the prior: the NN row must score
+    the baseline trained on its own (the same number as for the frozen variant)."""
+    monkeypatch.setenv("CVAE_BUDGET", "smoke")
+    kwargs = dict(num_quadrants=(1,), data=mnist, num_samples=2, elbo_samples=1, device="cpu",
+                  cache=tmp_path, progress=False)
+    joint = cll_table(config=TINY.replace(joint_baseline=True), **kwargs)
+    frozen = cll_table(config=TINY, **kwargs)
+    cell = ("NN baseline", ("1 quadrant", "mean"))
+    assert joint.loc[cell] == pytest.approx(frozen.loc[cell], abs=1e-4)
