@@ -169,33 +169,36 @@ def train_baseline(train: QuadrantData, val: QuadrantData, config: CVAEConfig | 
 
 
 @torch.no_grad()
+def _single_sample_loss(cvae: CVAE, data: QuadrantData, seed: int, gsnn: bool) -> torch.Tensor:
+    """One reparameterised draw of z per image, with noise fixed by ``seed``; (N,) nats.
+
+    The CVAE draws z from q(z|x,y) and adds log q - log p (its single-sample -ELBO); the GSNN
+    draws z from p(z|x) and scores -log p(y|x,z) alone.
+    """
+    generator = torch.Generator(device=data.x.device).manual_seed(seed)
+    losses = []
+    for x, y in zip(data.x.split(EVAL_CHUNK), data.y.split(EVAL_CHUNK)):
+        p = cvae.prior(x)
+        q = p if gsnn else cvae.posterior(x, y)
+        eps = torch.randn(q.base_dist.loc.shape, generator=generator, device=x.device)
+        z = q.base_dist.loc + q.base_dist.scale * eps
+        nll = masked_bce(cvae.generation_net(z, x), y)
+        losses.append(nll if gsnn else nll + q.log_prob(z) - p.log_prob(z))
+    return torch.cat(losses)
+
+
 def cvae_loss(cvae: CVAE, data: QuadrantData, seed: int = 0) -> torch.Tensor:
     """Per-image single-sample negative ELBO on a whole split, (N,) nats; fixed noise by ``seed``.
 
     Draws z from q(z|x,y) with the reparameterisation, so that the result matches Pyro's
     Trace_ELBO with one particle; used for early stopping on the validation split.
     """
-    generator = torch.Generator(device=data.x.device).manual_seed(seed)
-    losses = []
-    for x, y in zip(data.x.split(EVAL_CHUNK), data.y.split(EVAL_CHUNK)):
-        q, p = cvae.posterior(x, y), cvae.prior(x)
-        eps = torch.randn(q.base_dist.loc.shape, generator=generator, device=x.device)
-        z = q.base_dist.loc + q.base_dist.scale * eps
-        nll = masked_bce(cvae.generation_net(z, x), y)
-        losses.append(nll + q.log_prob(z) - p.log_prob(z))
-    return torch.cat(losses)
+    return _single_sample_loss(cvae, data, seed, gsnn=False)
 
 
-@torch.no_grad()
 def gsnn_loss(cvae: CVAE, data: QuadrantData, seed: int = 0) -> torch.Tensor:
     """Per-image single-sample GSNN loss, -log p(y|x,z) with z ~ p(z|x), (N,) nats; fixed noise."""
-    generator = torch.Generator(device=data.x.device).manual_seed(seed)
-    losses = []
-    for x, y in zip(data.x.split(EVAL_CHUNK), data.y.split(EVAL_CHUNK)):
-        p = cvae.prior(x).base_dist
-        z = p.loc + p.scale * torch.randn(p.loc.shape, generator=generator, device=x.device)
-        losses.append(masked_bce(cvae.generation_net(z, x), y))
-    return torch.cat(losses)
+    return _single_sample_loss(cvae, data, seed, gsnn=True)
 
 
 class _KLWeight(Messenger):
