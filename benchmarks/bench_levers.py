@@ -126,6 +126,15 @@ def torch_epoch(step, cvae, x, y, batch_size, generator):
 # the levers
 # --------------------------------------------------------------------------------------------
 
+def eager_torch_epoch(baseline, config, train_q):
+    """One epoch of a fresh CVAE trained by the plain-PyTorch step (no Pyro, no compile)."""
+    torch.manual_seed(config.seed)
+    cvae = CVAE(baseline, config)
+    step = make_torch_trainer(cvae, config.cvae_lr)
+    torch_epoch(step, cvae, train_q.x, train_q.y, config.batch_size,
+                torch.Generator().manual_seed(0))
+
+
 def lever_batch(args, data, baseline, config):
     train_q, val_q = data
     scale = common.FULL_EPOCH / len(train_q)
@@ -328,11 +337,7 @@ def lever_pyro(args, data, baseline, config):
         return fn
 
     def torch_run():
-        torch.manual_seed(config.seed)
-        cvae = CVAE(baseline, config)
-        step = make_torch_trainer(cvae, config.cvae_lr)
-        torch_epoch(step, cvae, train_q.x, train_q.y, config.batch_size,
-                    torch.Generator().manual_seed(0))
+        eager_torch_epoch(baseline, config, train_q)
 
     times = common.round_robin({"Pyro SVI (as is, validation on)": pyro_run(True),
                                 "Pyro SVI, validation off": pyro_run(False),
@@ -444,11 +449,7 @@ def lever_compile(args, data, baseline, config):
         torch_ok = False
 
     def eager_torch():
-        torch.manual_seed(config.seed)
-        cvae = CVAE(baseline, config)
-        step = make_torch_trainer(cvae, config.cvae_lr)
-        torch_epoch(step, cvae, train_q.x, train_q.y, config.batch_size,
-                    torch.Generator().manual_seed(0))
+        eager_torch_epoch(baseline, config, train_q)
 
     variants = {"Pyro SVI, eager (as is)": eager}
     if pyro_ok:
