@@ -38,7 +38,7 @@ import time
 import torch
 
 import common
-from cvae_utils.config import CVAEConfig
+from cvae_utils.config import CVAEConfig, book_config, tutorial_config
 from cvae_utils.data import QuadrantData
 from cvae_utils.networks import BaselineNet
 from cvae_utils.train import baseline_loss, cvae_loss, train_baseline, train_cvae
@@ -49,7 +49,12 @@ PROJECT_VAL_IMAGES = 256  # validation images the project's train_* score after 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=1, help="epochs per timed run (default 1)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="images per step of the tutorial's pipeline (default 128, its own)")
+    parser.add_argument("--config", choices=("book", "tutorial"), default="book",
+                        help="the project's configuration: the book's (default; its batch sizes "
+                             "and training precision) or the tutorial's (same batch and "
+                             "precision as the tutorial pipeline)")
     parser.add_argument("--num-images", type=int, default=common.FULL_EPOCH,
                         help="training images per epoch; < 50000 times a partial epoch and "
                              "extrapolates to 50000 (default 50000)")
@@ -66,15 +71,27 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     threads = common.set_threads(args.threads)
-    config = CVAEConfig(batch_size=args.batch_size, patience=args.epochs + 1)
+    # the tutorial's pipeline: its configuration at --batch-size, float32 throughout
+    config = tutorial_config().replace(batch_size=args.batch_size, patience=args.epochs + 1)
+    # the project's: the book's configuration (or the tutorial's, for a like-for-like row)
+    project = (book_config() if args.config == "book" else config).replace(
+        patience=args.epochs + 1)
     n, epochs, k = args.num_images, args.epochs, args.quadrants
     print(f"# bench_epoch | {common.describe_machine()}")
-    print(f"# epochs per run {epochs}, batch {args.batch_size}, {n} training images "
-          f"(extrapolated to {common.FULL_EPOCH}), k={k}, repeats {args.repeats}, threads {threads}")
+    print(f"# epochs per run {epochs}, {n} training images (extrapolated to {common.FULL_EPOCH}), "
+          f"k={k}, repeats {args.repeats}, threads {threads}")
+    print(f"# tutorial pipeline: batch {config.batch_size}, float32; project ({args.config} "
+          f"config): baseline batch {project.batch_size}, CVAE batch {project.cvae_batch}, "
+          f"CVAE products in {project.precision}, decoder reads x: {project.decoder_sees_x}")
 
     peak_before, cpu_peak_before = common.measure_peaks()
     print(f"fp32 matmul peak (2048^3 torch.mm, best of 5 rounds of 5): {peak_before:.1f} GFLOP/s "
           f"wall-clock, {cpu_peak_before:.1f} GFLOP/s per CPU-second x threads")
+    if project.precision == "bf16":
+        bf16_peak = common.measure_peak_gflops(dtype=torch.bfloat16)
+        print(f"bf16 matmul peak (same test): {bf16_peak:.1f} GFLOP/s wall-clock; the % columns "
+              f"below stay relative to the fp32 peak (the arithmetic limit of the issue), so a "
+              f"bf16 pipeline can pass 100 %")
 
     # ---- data: the project's whole tensors; the tutorial's per-sample datasets ----------------
     start = time.perf_counter()
@@ -88,7 +105,7 @@ def main(argv=None):
 
     # ---- the four training pipelines ------------------------------------------------------------
     def project_baseline():
-        train_baseline(train_q, val_small, config, epochs, device="cpu", progress=False)
+        train_baseline(train_q, val_small, project, epochs, device="cpu", progress=False)
 
     def tutorial_baseline():
         torch.manual_seed(config.seed)
@@ -99,9 +116,9 @@ def main(argv=None):
             common.tutorial_baseline_epoch(model, optimizer, loader)
 
     def project_cvae():
-        torch.manual_seed(config.seed)
-        baseline = BaselineNet(config)  # untrained: the timing does not depend on its weights
-        train_cvae(train_q, val_small, baseline, config, epochs, device="cpu", progress=False)
+        torch.manual_seed(project.seed)
+        baseline = BaselineNet(project)  # untrained: the timing does not depend on its weights
+        train_cvae(train_q, val_small, baseline, project, epochs, device="cpu", progress=False)
 
     def tutorial_cvae():
         _, svi = common.make_tutorial_cvae(config)
@@ -113,13 +130,13 @@ def main(argv=None):
                 "cvae / project": project_cvae, "cvae / tutorial": tutorial_cvae}
     times = common.round_robin(variants, args.repeats, warmup=not args.no_warmup)
 
-    flops = common.flop_counts(config)
+    flops, pflops = common.flop_counts(config), common.flop_counts(project)
     run_flops = {  # executed FLOPs of one whole timed run
-        "baseline / project": n * epochs * flops["baseline_train"]
-        + PROJECT_VAL_IMAGES * epochs * flops["baseline_eval"],
+        "baseline / project": n * epochs * pflops["baseline_train"]
+        + PROJECT_VAL_IMAGES * epochs * pflops["baseline_eval"],
         "baseline / tutorial": n * epochs * flops["baseline_train"],
-        "cvae / project": n * epochs * flops["cvae_train"] + n * flops["cvae_guess_precompute"]
-        + PROJECT_VAL_IMAGES * epochs * flops["cvae_eval_with_baseline"],
+        "cvae / project": n * epochs * pflops["cvae_train"] + n * pflops["cvae_guess_precompute"]
+        + PROJECT_VAL_IMAGES * epochs * pflops["cvae_eval_with_baseline"],
         "cvae / tutorial": n * epochs * flops["cvae_train_with_baseline"],
     }
 
@@ -127,9 +144,9 @@ def main(argv=None):
     val_times = {}
     if args.val_images:
         torch.manual_seed(config.seed)
-        baseline = BaselineNet(config).eval()
+        baseline = BaselineNet(project).eval()
         from cvae_utils.networks import CVAE
-        cvae = CVAE(BaselineNet(config), config).eval()
+        cvae = CVAE(BaselineNet(project), project).eval()
         tut_base = common.TutorialBaseline(config.hidden_1, config.hidden_2).eval()
         _, tut_svi = common.make_tutorial_cvae(config)
         val_loader = common.tutorial_loader(tut_val, args.batch_size, shuffle=False)
@@ -147,9 +164,9 @@ def main(argv=None):
         }
         val_times = common.round_robin(val_variants, max(args.repeats, 3))
         nv = args.val_images
-        val_flops = {"baseline val / project": nv * flops["baseline_eval"],
+        val_flops = {"baseline val / project": nv * pflops["baseline_eval"],
                      "baseline val / tutorial": nv * flops["baseline_eval"],
-                     "cvae val / project": nv * flops["cvae_eval_with_baseline"],
+                     "cvae val / project": nv * pflops["cvae_eval_with_baseline"],
                      "cvae val / tutorial": nv * flops["cvae_eval_with_baseline"]}
 
     peak_after, cpu_peak_after = common.measure_peaks()
@@ -160,8 +177,7 @@ def main(argv=None):
     # ---- report -------------------------------------------------------------------------------
     scale = common.FULL_EPOCH / n / epochs
     print()
-    print(f"TRAINING: seconds per {common.FULL_EPOCH}-image epoch (batch {args.batch_size}, k={k}, "
-          f"{threads} threads)")
+    print(f"TRAINING: seconds per {common.FULL_EPOCH}-image epoch (k={k}, {threads} threads)")
     header = (f"{'pipeline':<22}{'wall s/epoch':>13}{'median':>8}{'CPU s/epoch':>12}"
               f"{'GFLOP/s':>9}{'% peak':>8}{'CPU GFLOP/s':>12}{'% CPU peak':>11}")
     print(header)
@@ -181,8 +197,9 @@ def main(argv=None):
         print(f"ratio tutorial / project, {model:<8}: {ratio:5.2f}x wall-clock, {cratio:5.2f}x "
               f"CPU time  (best vs best)")
     print(f"FLOPs per image per training step: baseline {flops['baseline_train'] / 1e6:.3f} M, "
-          f"cvae {flops['cvae_train'] / 1e6:.3f} M (+{flops['cvae_guess_precompute'] / 1e6:.3f} M "
-          f"baseline forward: once per run in the project, every step in the tutorial)")
+          f"cvae {flops['cvae_train'] / 1e6:.3f} M tutorial / {pflops['cvae_train'] / 1e6:.3f} M "
+          f"project (+{flops['cvae_guess_precompute'] / 1e6:.3f} M baseline forward: once per run "
+          f"in the project, every step in the tutorial)")
 
     if val_times:
         print()

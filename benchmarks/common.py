@@ -251,8 +251,8 @@ def flop_counts(config: CVAEConfig | None = None) -> dict:
 
 
 def measure_peak_gflops(n: int = 2048, reps: int = 5, rounds: int = 5,
-                        cpu_time: bool = False) -> float:
-    """fp32 matmul peak of this process with its current thread count, in GFLOP/s.
+                        cpu_time: bool = False, dtype: torch.dtype = torch.float32) -> float:
+    """Matmul peak (float32 unless ``dtype``) of this process with its thread count, in GFLOP/s.
 
     ``rounds`` times: ``reps`` products of two n x n float32 matrices (2 n^3 FLOPs each) into a
     preallocated output; the best round counts (the least disturbed by other processes). With
@@ -260,9 +260,9 @@ def measure_peak_gflops(n: int = 2048, reps: int = 5, rounds: int = 5,
     reach while they are on a core (see `cpu_rate`).
     """
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen)
-    b = torch.randn(n, n, generator=gen)
-    out = torch.empty(n, n)
+    a = torch.randn(n, n, generator=gen).to(dtype)
+    b = torch.randn(n, n, generator=gen).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up: thread pool, MKL dispatch
     best_rate = 0.0
     clock = time.process_time if cpu_time else time.perf_counter

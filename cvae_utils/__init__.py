@@ -33,3 +33,11 @@ __all__ = [
     "format_table", "trained_classifier", "classifier_accuracy", "identity_diversity",
     "diversity_table", "find_ambiguous", "complete_digit", "draw_digit_strokes",
 ]
+
+# beyond the tutorial: the variants of the model and the examples of changed digits
+from .beyond import ambiguous_examples  # noqa: E402
+from .variants import (VARIANTS, plot_variants, torchzq_ablation, variant_config,  # noqa: E402
+                       variants_budget, variants_table)
+
+__all__ += ["VARIANTS", "variant_config", "variants_budget", "variants_table", "torchzq_ablation",
+            "plot_variants", "ambiguous_examples"]

@@ -228,16 +228,14 @@ def plot_completion(result: Completion, max_samples: int | None = None) -> "Figu
     `Figure` (made without pyplot, so nothing is left open).
     """
     import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .plotting import _new_figure
 
     samples = result.samples if max_samples is None else result.samples[:max_samples]
     panels = [(result.x, "input"), (result.baseline, "baseline")] + \
         [(sample, f"CVAE {i + 1}") for i, sample in enumerate(samples)]
     # missing pixels (-1) pale blue, as in cvae_utils.plotting
     cmap = matplotlib.colormaps["gray_r"].with_extremes(under="#c9d9ee")
-    fig = Figure(figsize=(0.85 * len(panels) + 0.2, 1.25), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _new_figure((0.85 * len(panels) + 0.2, 1.25))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (image, title) in zip(axes, panels):
         ax.imshow(image, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")

@@ -357,8 +357,7 @@ def plot_identity_groups(inputs: Sequence[AmbiguousInput], max_per_group: int = 
     without pyplot, so nothing is left open).
     """
     import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .plotting import _new_figure
 
     if not inputs:
         raise ValueError("plot_identity_groups needs at least one input (find_ambiguous found "
@@ -376,9 +375,7 @@ def plot_identity_groups(inputs: Sequence[AmbiguousInput], max_per_group: int = 
 
     lead = 2 if show_truth else 1
     widths = [1] * lead + [max_per_group] * 2
-    fig = Figure(figsize=(0.55 * sum(widths) + 0.8, 0.95 * len(inputs) + 0.2), dpi=110,
-                 layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _new_figure((0.55 * sum(widths) + 0.8, 0.95 * len(inputs) + 0.2))
     axes = fig.subplots(len(inputs), len(widths), squeeze=False,
                         gridspec_kw={"width_ratios": widths})
     for row, item in zip(axes, inputs):

@@ -63,7 +63,7 @@ class BaselineNet(nn.Module):
         )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(_flat(x))  # (batch, 784)
+        return self.net(_flat(x)).float()  # (batch, 784); float32 even under bf16 autocast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pixel probabilities (sigmoid of the logits), (batch, 784)."""
@@ -91,7 +91,8 @@ class Encoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.body(_flat(image))                       # (batch, hidden_2)
-        return self.loc(hidden), self.positive(self.log_scale(hidden))  # (batch, z_dim) twice
+        # float32 outputs even when the products ran in bfloat16 (mixed-precision training)
+        return self.loc(hidden).float(), self.positive(self.log_scale(hidden).float())
 
 
 class Decoder(nn.Module):
@@ -112,7 +113,7 @@ class Decoder(nn.Module):
         if self.sees_x:
             # x may carry extra leading sample dimensions of z: broadcast it to z's
             z = torch.cat([z, _flat(x).expand(*z.shape[:-1], NUM_PIXELS)], dim=-1)
-        return self.net(z)  # (..., batch, 784) logits
+        return self.net(z).float()  # (..., batch, 784) logits, float32 under bf16 autocast
 
 
 class CVAE(nn.Module):

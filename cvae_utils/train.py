@@ -25,6 +25,7 @@ from .data import QuadrantData, iterate_minibatches
 from .networks import CVAE, BaselineNet, masked_bce
 
 __all__ = ["History", "train_baseline", "train_cvae", "default_device", "baseline_loss",
+           "training_precision", "warmup_epochs",
            "cvae_loss", "gsnn_loss", "early_stopping_loop", "EVAL_CHUNK"]
 
 EVAL_CHUNK = 2048  # images per chunk when scoring a whole split without gradients
@@ -33,6 +34,23 @@ EVAL_CHUNK = 2048  # images per chunk when scoring a whole split without gradien
 def default_device() -> torch.device:
     """The GPU when one is present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def training_precision(config: CVAEConfig, device: torch.device):
+    """The context the training steps run in: bfloat16 autocast if ``config.precision`` asks.
+
+    Only the matrix products of the training steps run in bfloat16; weights, optimizer state,
+    losses and every validation or evaluation pass stay in float32.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=config.precision == "bf16")
+
+
+def warmup_epochs(config: CVAEConfig, max_epochs: int) -> int:
+    """Epochs of KL warm-up in a run of at most ``max_epochs``: ``config.kl_warmup_epochs``, but
+    no more than half the run, so that the KL weight reaches 1 in every run (a smoke run of one
+    epoch has none)."""
+    return min(config.kl_warmup_epochs, max_epochs // 2)
 
 
 @dataclass
@@ -82,10 +100,12 @@ def _progress_bar(total: int, desc: str, progress: bool | None):
 def early_stopping_loop(module, config, max_epochs: int, num_train: int,
                          train_epoch: Callable, val_loss_fn: Callable, desc: str,
                          progress: bool | None, callback: Callable | None,
-                         start_epoch: Callable | None = None, warmup_epochs: int = 0) -> History:
+                         start_epoch: Callable | None = None, warmup_epochs: int = 0,
+                         batch_size: int | None = None, patience: int | None = None) -> History:
     """The loop shared by every model: epochs, validation, patience, best weights kept.
 
-    ``config`` is any config with ``seed``, ``batch_size`` and ``patience``. ``train_epoch(idx)``
+    ``config`` is any config with ``seed``, ``batch_size`` and ``patience`` (the arguments
+    ``batch_size`` and ``patience`` override the config's). ``train_epoch(idx)``
     takes one minibatch's indices and returns its summed loss; ``val_loss_fn()`` returns the
     validation loss per image.
 
@@ -97,14 +117,16 @@ def early_stopping_loop(module, config, max_epochs: int, num_train: int,
     history = History()
     best_state, best_val, waited = None, float("inf"), 0
     shuffle = torch.Generator().manual_seed(config.seed)
-    batches_per_epoch = -(-num_train // config.batch_size)
+    batch_size = batch_size or config.batch_size
+    patience = patience or config.patience
+    batches_per_epoch = -(-num_train // batch_size)
     with _progress_bar(max_epochs * batches_per_epoch, desc, progress) as bar:
         for epoch in range(1, max_epochs + 1):
             if start_epoch is not None:
                 start_epoch(epoch)
             start = time.perf_counter()
             total = 0.0
-            for idx in iterate_minibatches(num_train, config.batch_size, shuffle):
+            for idx in iterate_minibatches(num_train, batch_size, shuffle):
                 total += train_epoch(idx)  # summed loss of the batch
                 bar.update(1)
             val = val_loss_fn()
@@ -120,7 +142,7 @@ def early_stopping_loop(module, config, max_epochs: int, num_train: int,
                             best=history.best_epoch)
             if callback is not None:
                 callback(epoch, module, history)
-            if waited >= config.patience:
+            if waited >= patience:
                 break
     if best_state is None:
         raise FloatingPointError(
@@ -246,8 +268,9 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
     (``history.snapshots``). ``callback(epoch, cvae, history)`` runs after every epoch.
 
     ``config.objective`` picks the loss (CVAE, GSNN or hybrid), ``config.kl_warmup_epochs`` and
-    ``config.lr_decay`` the schedules. The validation loss is the single-sample -ELBO (the GSNN's
-    own loss for the GSNN), always with the full KL weight.
+    ``config.lr_decay`` the schedules. The warm-up lasts at most half of ``max_epochs``
+    (`warmup_epochs`), so that a short run also ends on the true ELBO. The validation loss is the
+    single-sample -ELBO (the GSNN's own loss for the GSNN), always with the full KL weight.
     """
     config = config or CVAEConfig()
     device = torch.device(device) if device is not None else default_device()
@@ -271,6 +294,8 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
             out.copy_(cvae.baseline_guess(chunk))
     val = QuadrantData(val.x.to(device), val.y.to(device), val.labels, val.num_quadrants)
     val_metric = gsnn_loss if config.objective == "gsnn" else cvae_loss
+    autocast = training_precision(config, device)
+    warmup = warmup_epochs(config, max_epochs)
 
     frames = []
     if snapshot_x is not None:
@@ -279,12 +304,13 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
                             generator=torch.Generator().manual_seed(config.seed)).to(device)
 
     def step(idx):
-        return svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])  # summed loss
+        with autocast:
+            return svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])  # summed loss
 
     def start_epoch(epoch):
         if epoch > 1:
             optimizer.step()  # the learning-rate schedule: one decay per epoch
-        kl_weight.weight = min(1.0, epoch / (config.kl_warmup_epochs + 1))
+        kl_weight.weight = min(1.0, epoch / (warmup + 1))
 
     def val_loss():
         cvae.eval()
@@ -300,7 +326,8 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
 
     history = early_stopping_loop(cvae, config, max_epochs, len(train), step, val_loss,
                                    f"cvae k={train.num_quadrants}", progress, callback,
-                                   start_epoch, config.kl_warmup_epochs)
+                                   start_epoch, warmup, config.cvae_batch,
+                                   config.cvae_patience_epochs)
     if frames:
         history.snapshots = torch.stack(frames)  # (epochs, n, S, 784)
     return cvae.eval(), history

@@ -147,3 +147,4 @@ def test_drawn_digit_and_figure(cvae):
     fig = plot_completion(result)
     assert len(fig.axes) == 6
     fig.canvas.draw()
+    assert fig._repr_png_().startswith(b"\x89PNG")  # shown as an image under any backend

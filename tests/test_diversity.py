@@ -169,6 +169,7 @@ def test_find_ambiguous_and_figure():
     fig = plot_identity_groups(found, max_per_group=3)
     assert len(fig.axes) == 2 * 4
     fig.canvas.draw()
+    assert fig._repr_png_().startswith(b"\x89PNG")  # shown as an image under any backend
     with pytest.raises(ValueError, match="at least one input"):
         plot_identity_groups([])
 

@@ -137,3 +137,25 @@ def test_config_rejects_nonsense():
         CVAEConfig(scale="relu")
     with pytest.raises(ValueError, match="cvae_lr"):
         CVAEConfig(cvae_lr=-1.0)
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16'"):
+        CVAEConfig(precision="fp16")
+    with pytest.raises(ValueError, match="cvae_batch_size must be None"):
+        CVAEConfig(cvae_batch_size=0)
+    with pytest.raises(ValueError, match="cvae_patience must be None"):
+        CVAEConfig(cvae_patience=True)
+    assert CVAEConfig(batch_size=64).cvae_batch == 64
+    assert CVAEConfig(batch_size=64, cvae_batch_size=256).cvae_batch == 256
+
+
+def test_networks_return_float32_under_bfloat16_autocast():
+    """Mixed precision runs the products in bfloat16 but hands float32 to the distributions."""
+    cvae = CVAE(BaselineNet(SMALL), SMALL.replace(decoder_sees_x=True))
+    x, y, _, _ = mask_quadrants(torch.rand(4, 784), 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = cvae.prior_net.body(x)
+        prior, posterior = cvae.prior(x), cvae.posterior(x, y)
+        logits = cvae.generation_net(prior.sample(), x)
+        guess = cvae.baseline_guess(x)
+    assert hidden.dtype == torch.bfloat16  # autocast is really on
+    for t in (prior.base_dist.loc, prior.base_dist.scale, posterior.base_dist.loc, logits, guess):
+        assert t.dtype == torch.float32

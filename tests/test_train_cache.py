@@ -12,7 +12,8 @@ import cvae_utils.cache as cache_module
 from cvae_utils import (BUDGETS, Budget, CVAEConfig, get_budget, make_quadrant_data,
                         train_baseline, train_cvae, trained_baseline, trained_cvae)
 from cvae_utils.__main__ import main
-from cvae_utils.cache import CheckpointError, checkpoint_path, load_checkpoint, run_key
+from cvae_utils.cache import (BASELINE_FIELDS, CheckpointError, checkpoint_path, load_checkpoint,
+                              run_key)
 from cvae_utils.networks import CVAE, BaselineNet, masked_bce
 from cvae_utils.train import _KLWeight, baseline_loss
 
@@ -156,7 +157,7 @@ def test_command_line_rejects_bad_quadrants(capsys):
 @pytest.mark.parametrize("changes", [
     {"objective": "gsnn"}, {"objective": "hybrid", "hybrid_alpha": 0.3},
     {"joint_baseline": True}, {"prior_uses_baseline": False}, {"decoder_sees_x": True},
-    {"kl_warmup_epochs": 2, "lr_decay": 0.5}])
+    {"kl_warmup_epochs": 2, "lr_decay": 0.5}, {"precision": "bf16"}])
 def test_variants_train_and_lower_their_loss(changes, tiny_data):
     train, val = quadrant_splits(tiny_data)
     config = SMALL.replace(**changes, patience=5)
@@ -204,10 +205,75 @@ def test_nan_validation_loss_gives_a_clear_error(tiny_data):
         train_baseline(train, val, SMALL, max_epochs=2, device="cpu", progress=False)
 
 
-def test_book_config_differs_from_the_tutorial_only_in_the_decoder():
+def test_book_config_changes_only_cvae_fields_of_the_tutorial(monkeypatch):
+    import cvae_utils.config as config_module
     from cvae_utils import book_config, tutorial_config
 
-    book, tutorial = book_config().to_dict(), tutorial_config().to_dict()
-    assert {name for name in book if book[name] != tutorial[name]} == {"decoder_sees_x"}
+    tutorial = tutorial_config().to_dict()
+    for has_bf16 in (True, False):
+        monkeypatch.setattr(config_module, "fast_bfloat16", lambda: has_bf16)
+        book = book_config()
+        changed = {name for name, value in book.to_dict().items() if value != tutorial[name]}
+        assert changed == {"decoder_sees_x", "kl_warmup_epochs", "cvae_batch_size", "cvae_lr",
+                           "lr_decay", "cvae_patience"} | ({"precision"} if has_bf16 else set())
+        assert book.cvae_patience_epochs == book.cvae_patience != book.patience
+        assert book.precision == ("bf16" if has_bf16 else "fp32")
+        assert book.cvae_batch == book.cvae_batch_size != book.batch_size == 128
+    assert not set(changed) & set(BASELINE_FIELDS)
     # so both share one baseline in the cache
     assert run_key("baseline", book_config(), TINY, 1) == run_key("baseline", tutorial_config(), TINY, 1)
+
+
+def test_cvae_and_baseline_use_their_own_batch_sizes(tiny_data, monkeypatch):
+    import cvae_utils.train as train_module
+
+    seen = []
+    original = train_module.iterate_minibatches
+
+    def recording(num_items, batch_size, generator=None):
+        seen.append(batch_size)
+        return original(num_items, batch_size, generator)
+
+    monkeypatch.setattr(train_module, "iterate_minibatches", recording)
+    train, val = quadrant_splits(tiny_data)
+    config = SMALL.replace(batch_size=8, cvae_batch_size=32)
+    baseline, _ = train_baseline(train, val, config, max_epochs=1, device="cpu", progress=False)
+    assert seen == [8]
+    train_cvae(train, val, baseline, config, max_epochs=1, device="cpu", progress=False)
+    assert seen == [8, 32]
+
+
+def test_cvae_patience_overrides_the_shared_patience(tiny_data):
+    train, val = quadrant_splits(tiny_data)
+    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    # a learning rate of ~0 never improves the validation loss after the first epoch
+    config = SMALL.replace(cvae_lr=1e-12, patience=1, cvae_patience=3)
+    _, history = train_cvae(train, val, baseline, config, max_epochs=10, device="cpu",
+                            progress=False)
+    assert history.num_epochs == 4 and history.best_epoch == 1
+    _, history = train_cvae(train, val, baseline, config.replace(cvae_patience=None),
+                            max_epochs=10, device="cpu", progress=False)
+    assert history.num_epochs == 2
+
+
+def test_kl_warmup_is_capped_at_half_the_run(tiny_data, monkeypatch):
+    import cvae_utils.train as train_module
+
+    assert train_module.warmup_epochs(SMALL.replace(kl_warmup_epochs=10), 100) == 10
+    assert train_module.warmup_epochs(SMALL.replace(kl_warmup_epochs=10), 8) == 4
+    assert train_module.warmup_epochs(SMALL.replace(kl_warmup_epochs=10), 1) == 0
+    seen = []
+
+    class Recording(train_module._KLWeight):
+        def _process_message(self, msg):
+            if msg["type"] == "sample" and msg["name"] == "z":
+                seen.append(round(self.weight, 6))
+            super()._process_message(msg)
+
+    monkeypatch.setattr(train_module, "_KLWeight", Recording)
+    train, val = quadrant_splits(tiny_data)
+    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    # one step per epoch, four epochs: a warm-up of 10 is cut to 2, then the full weight
+    config = SMALL.replace(kl_warmup_epochs=10, cvae_batch_size=len(train), patience=10)
+    train_cvae(train, val, baseline, config, max_epochs=4, device="cpu", progress=False)
+    assert list(dict.fromkeys(seen)) == [round(1 / 3, 6), round(2 / 3, 6), 1.0]

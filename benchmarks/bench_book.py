@@ -1,0 +1,76 @@
+"""Wall time and peak memory of a whole book build, or of training every model, from scratch.
+
+Two measurements (``--what``):
+
+  book   ``jupyter-book build book/`` into a temporary output folder with an empty model cache:
+         every chapter executes, every model is trained, every table and figure computed;
+  train  ``python -m cvae_utils train --quadrants 1 2 3`` with an empty model cache: the
+         baselines and CVAEs of the three settings only (the book's configuration).
+
+The budget is ``--budget`` (default ``paper``). The model cache is a fresh temporary folder
+unless ``--cache DIR`` is given (then models already there are reused: that times a rebuild).
+The peak memory is the largest resident set of any process of the run (the build and the
+Jupyter kernels it starts), from ``getrusage(RUSAGE_CHILDREN).ru_maxrss``. Per-chapter times
+come from Jupyter Book's execution report when it prints one.
+
+Example (what the README reports):  python benchmarks/bench_book.py --what book --budget paper
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--what", choices=("book", "train"), default="book")
+    parser.add_argument("--budget", choices=("smoke", "quick", "paper"), default="paper")
+    parser.add_argument("--cache", default=None,
+                        help="model cache to use (default: a fresh temporary folder)")
+    parser.add_argument("--log", default=None, help="write the run's output to this file")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    print(f"# bench_book | {common.describe_machine()}")
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-book-") as tmp:
+        env = dict(os.environ, CVAE_BUDGET=args.budget, MPLBACKEND="Agg",
+                   CVAE_CACHE_DIR=args.cache or str(Path(tmp) / "models"))
+        if args.what == "book":
+            command = ["jupyter-book", "build", str(ROOT / "book"), "--path-output",
+                       str(Path(tmp) / "build")]
+        else:
+            command = [sys.executable, "-m", "cvae_utils", "train", "--quadrants", "1", "2", "3",
+                       "--budget", args.budget]
+        print(f"# {' '.join(command)}  (CVAE_BUDGET={args.budget}, cache "
+              f"{'given' if args.cache else 'fresh'})", flush=True)
+        log = open(args.log, "w") if args.log else subprocess.DEVNULL
+        start = time.perf_counter()
+        result = subprocess.run(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        seconds = time.perf_counter() - start
+        if args.log:
+            log.close()
+        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        built = Path(tmp) / "build" / "_build" / "html"
+        pages = sorted(p.name for p in built.glob("*.html")) if built.exists() else []
+    print(f"exit status {result.returncode}")
+    print(f"wall time {seconds:.0f} s ({seconds / 60:.1f} min)")
+    print(f"peak resident memory of any process {peak_mib:.0f} MiB ({peak_mib / 1024:.2f} GiB)")
+    if args.what == "book":
+        print(f"HTML pages: {len(pages)}")
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
