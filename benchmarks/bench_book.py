@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,8 @@ def parse_args(argv=None):
     parser.add_argument("--cache", default=None,
                         help="model cache to use (default: a fresh temporary folder)")
     parser.add_argument("--log", default=None, help="write the run's output to this file")
+    parser.add_argument("--keep", default=None,
+                        help="copy the built HTML and the model cache (with its tables) here")
     return parser.parse_args(argv)
 
 
@@ -64,6 +67,14 @@ def main(argv=None):
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
         built = Path(tmp) / "build" / "_build" / "html"
         pages = sorted(p.name for p in built.glob("*.html")) if built.exists() else []
+        if args.keep:
+            keep = Path(args.keep)
+            if built.exists():
+                shutil.copytree(built, keep / "html", dirs_exist_ok=True)
+            models = Path(env["CVAE_CACHE_DIR"])
+            if models.exists() and not args.cache:
+                shutil.copytree(models, keep / "models", dirs_exist_ok=True)
+            print(f"kept the HTML and the models in {keep}")
     print(f"exit status {result.returncode}")
     print(f"wall time {seconds:.0f} s ({seconds / 60:.1f} min)")
     print(f"peak resident memory of any process {peak_mib:.0f} MiB ({peak_mib / 1024:.2f} GiB)")

@@ -277,3 +277,14 @@ def test_kl_warmup_is_capped_at_half_the_run(tiny_data, monkeypatch):
     config = SMALL.replace(kl_warmup_epochs=10, cvae_batch_size=len(train), patience=10)
     train_cvae(train, val, baseline, config, max_epochs=4, device="cpu", progress=False)
     assert list(dict.fromkeys(seen)) == [round(1 / 3, 6), round(2 / 3, 6), 1.0]
+
+
+def test_flush_denormals_is_scoped():
+    from cvae_utils.train import flush_denormals
+
+    tiny = torch.tensor([1e-39])  # a denormal float32
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    with flush_denormals():
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() != 0.0  # the default mode is back
