@@ -279,12 +279,17 @@ def test_kl_warmup_is_capped_at_half_the_run(tiny_data, monkeypatch):
     assert list(dict.fromkeys(seen)) == [round(1 / 3, 6), round(2 / 3, 6), 1.0]
 
 
-def test_flush_denormals_is_scoped():
-    from cvae_utils.train import flush_denormals
+def test_importing_the_package_flushes_denormals_in_every_thread():
+    """Run in a fresh interpreter: the threads of torch's pool must inherit the flush mode."""
+    import subprocess
+    import sys
 
-    tiny = torch.tensor([1e-39])  # a denormal float32
-    if not torch.set_flush_denormal(False):
+    code = ("import torch, cvae_utils\n"
+            "torch.set_num_threads(2)\n"
+            "x = torch.full((4_000_000,), 1e-39)  # denormal float32, split over both threads\n"
+            "print(cvae_utils.train.FLUSHING_DENORMALS, int((x * 1.0).count_nonzero()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    supported, nonzero = out.stdout.split()
+    if supported != "True":
         pytest.skip("this CPU cannot flush denormals")
-    with flush_denormals():
-        assert (tiny * 1.0).item() == 0.0
-    assert (tiny * 1.0).item() != 0.0  # the default mode is back
+    assert nonzero == "0"
