@@ -414,18 +414,20 @@ def _table_key(config: CVAEConfig, budget: Budget, ks: list[int], num_samples: i
 
 
 def _table_paths(key: dict, cache) -> tuple[Path, Path]:
+    """The CSV and JSON files of a cached table: ``<kind>-<budget>-<hash of key>`` in the cache."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    stem = cache_dir(cache) / f"cll-table-{key['budget']['name']}-{digest}"
+    stem = cache_dir(cache) / f"{key['kind']}-{key['budget']['name']}-{digest}"
     return stem.with_suffix(".csv"), stem.with_suffix(".json")
 
 
-def _frame(rows: list[str], ks: list[int], means: dict, stderrs: dict, attrs: dict):
-    """The wide table: index "method", columns (inputs, statistic) with statistic mean/stderr."""
+def _frame(rows: list[str], ks: list[int], means: dict, stderrs: dict, attrs: dict,
+           index_name: str = "method"):
+    """The wide table: index ``index_name``, columns (inputs, statistic), statistic mean/stderr."""
     import pandas as pd
 
     columns = pd.MultiIndex.from_product([[quadrant_label(k) for k in ks], ["mean", "stderr"]],
                                          names=["inputs", "statistic"])
-    frame = pd.DataFrame(index=pd.Index(rows, name="method"), columns=columns, dtype=float)
+    frame = pd.DataFrame(index=pd.Index(rows, name=index_name), columns=columns, dtype=float)
     for row in rows:
         for k in ks:
             frame.loc[row, (quadrant_label(k), "mean")] = means[row][str(k)]

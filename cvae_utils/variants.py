@@ -23,23 +23,22 @@ table.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
 import os
-import sys
 import time
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from .cache import cache_dir, run_key, trained_baseline, trained_cvae
+from .cache import run_key, trained_baseline, trained_cvae
 from .config import BUDGETS, Budget, CVAEConfig, book_config, get_budget, tutorial_config
 from .data import MNISTData, check_num_quadrants, load_mnist, make_quadrant_data
 from .evaluate import (DEFAULT_NUM_SAMPLES, _check_num_samples, baseline_ncll,
                        cvae_importance_sampling, cvae_mc_prior, quadrant_label)
-from .files import write_atomically
+from . import evaluate
+from .evaluate import _say, _table_paths
+from .evaluate import _write_atomic as _write_text
 
 if TYPE_CHECKING:  # imported where used: pandas and matplotlib are slow to import
     import pandas as pd
@@ -192,27 +191,9 @@ def _table_key(keys: list[str], base: CVAEConfig, budget: Budget, ks: list[int],
             "seed": seed, "variants": variants, "baselines": baselines}
 
 
-def _table_paths(key: dict, cache) -> tuple[Path, Path]:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    stem = cache_dir(cache) / f"variants-table-{key['budget']['name']}-{digest}"
-    return stem.with_suffix(".csv"), stem.with_suffix(".json")
-
-
 def _frame(rows: list[str], ks: list[int], means: dict, stderrs: dict, attrs: dict):
     """Index "variant", columns (inputs, statistic) as in `cll_table`, so `format_table` works."""
-    import pandas as pd
-
-    columns = pd.MultiIndex.from_product([[quadrant_label(k) for k in ks], ["mean", "stderr"]],
-                                         names=["inputs", "statistic"])
-    frame = pd.DataFrame(index=pd.Index(rows, name="variant"), columns=columns, dtype=float)
-    for row in rows:
-        for k in ks:
-            stderr = stderrs[row][str(k)]
-            frame.loc[row, (quadrant_label(k), "mean")] = means[row][str(k)]
-            frame.loc[row, (quadrant_label(k), "stderr")] = (float("nan") if stderr is None
-                                                             else stderr)
-    frame.attrs.update(attrs)
-    return frame
+    return evaluate._frame(rows, ks, means, stderrs, attrs, index_name="variant")
 
 
 def _long_csv(frame, ks: list[int]) -> str:
@@ -228,15 +209,6 @@ def _long_csv(frame, ks: list[int]) -> str:
                              repr(float(frame.loc[row, (label, "mean")])),
                              repr(float(frame.loc[row, (label, "stderr")]))])
     return buffer.getvalue()
-
-
-def _say(progress: bool | None, message: str) -> None:
-    if progress or (progress is None and sys.stderr.isatty()):
-        print(message, file=sys.stderr, flush=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequence[int] = (1, 2, 3),
