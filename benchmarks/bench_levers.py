@@ -20,7 +20,9 @@ Levers (select with ``--only``, comma-separated; default all):
               torch.optim.Adam), and Pyro with validation off (``pyro.enable_validation(False)``)
   adam        Adam as is vs ``fused=True`` (one C++ kernel per parameter tensor instead of ~8
               elementwise ops, each allocating a temporary), for the baseline's torch.optim.Adam and
-              the CVAE's pyro.optim.Adam (which passes its options to one torch Adam per parameter)
+              the CVAE's pyro.optim.Adam (which passes its options to one torch Adam per parameter),
+              and `cvae_utils.train.JointAdam` (one fused torch Adam for all 22 CVAE tensors, as
+              `train_cvae` uses)
   compile     torch.compile of the three CVAE networks inside Pyro SVI (compile time reported
               apart), and of a plain-PyTorch -ELBO step
 
@@ -350,9 +352,11 @@ def lever_pyro(args, data, baseline, config):
 def lever_adam(args, data, baseline, config):
     train_q, _ = data
     scale = common.FULL_EPOCH / len(train_q)
-    header("Adam: as is vs fused=True (s per 50k-image epoch)")
+    header("Adam: as is, fused=True, one optimizer for all (s per 50k-image epoch)")
     from cvae_utils.data import iterate_minibatches
     from pyro.infer import SVI, Trace_ELBO
+
+    from cvae_utils.train import JointAdam
 
     x, y = train_q.x, train_q.y
 
@@ -370,11 +374,12 @@ def lever_adam(args, data, baseline, config):
                 loss.item()
         return fn
 
-    def cvae_run(**adam_options):
+    def cvae_run(joint=False, **adam_options):
         def fn():
             cvae, _ = common.make_project_cvae(baseline, config)
-            svi = SVI(cvae.model, cvae.guide,
-                      pyro.optim.Adam({"lr": config.cvae_lr, **adam_options}), Trace_ELBO())
+            optimizer = (JointAdam(config.cvae_lr) if joint else
+                         pyro.optim.Adam({"lr": config.cvae_lr, **adam_options}))
+            svi = SVI(cvae.model, cvae.guide, optimizer, Trace_ELBO())
             common.project_cvae_epoch(cvae, svi, x, y, config.batch_size,
                                       torch.Generator().manual_seed(0))
         return fn
@@ -382,7 +387,8 @@ def lever_adam(args, data, baseline, config):
     times = common.round_robin({"baseline, Adam as is": baseline_run(),
                                 "baseline, Adam fused=True": baseline_run(fused=True),
                                 "cvae, pyro Adam as is": cvae_run(),
-                                "cvae, pyro Adam fused=True": cvae_run(fused=True)},
+                                "cvae, pyro Adam fused=True": cvae_run(fused=True),
+                                "cvae, one fused Adam (JointAdam)": cvae_run(joint=True)},
                                args.repeats)
     for name, ts in times.items():
         ref = times["baseline, Adam as is" if name.startswith("baseline") else

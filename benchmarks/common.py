@@ -539,7 +539,11 @@ def load_project_data(num_train: int, num_val: int, num_quadrants: int = 1):
 
 
 def make_project_cvae(baseline, config: CVAEConfig):
-    """A fresh project CVAE over ``baseline`` and its SVI, as `train_cvae` builds them."""
+    """A fresh project CVAE over ``baseline`` and its SVI with Pyro's per-tensor Adam (not fused).
+
+    This is the reference of the session-1 levers; `train_cvae` itself now uses one fused Adam
+    for all tensors (`cvae_utils.train.JointAdam`), the ``adam`` lever of `bench_levers.py`.
+    """
     from cvae_utils.networks import CVAE
 
     torch.manual_seed(config.seed)

@@ -9,19 +9,24 @@ forward and backward, losses, distributions),
 so the gap between the achieved and the peak GFLOP/s of `bench_epoch.py` can be attributed.
 
 Example:  python benchmarks/profile_step.py --threads 1
+          python benchmarks/profile_step.py --book    # the book's CVAE step (batch 256, bf16)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import common
-from cvae_utils.config import CVAEConfig
+from pyro.infer import SVI, Trace_ELBO
+
+from cvae_utils.config import CVAEConfig, book_config
 from cvae_utils.data import iterate_minibatches
 from cvae_utils.networks import BaselineNet, masked_bce
+from cvae_utils.train import JointAdam, training_precision
 
 MATMUL_OPS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"}
 
@@ -32,6 +37,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--book", action="store_true",
+                        help="profile the CVAE step of book_config() as train_cvae runs it: its "
+                             "batch (256), bf16 products where fast, one fused Adam (JointAdam)")
     return parser.parse_args(argv)
 
 
@@ -81,10 +89,10 @@ def main(argv=None):
     x, y = train_q.x, train_q.y
     flops = common.flop_counts(config)
 
-    # baseline step, as in train_baseline
+    # baseline step, as in train_baseline (fused Adam)
     torch.manual_seed(0)
     baseline = BaselineNet(config)
-    optimizer = torch.optim.Adam(baseline.parameters(), lr=config.baseline_lr)
+    optimizer = torch.optim.Adam(baseline.parameters(), lr=config.baseline_lr, fused=True)
 
     def base_step(idx):
         loss = masked_bce(baseline.logits(x[idx]), y[idx]).sum()
@@ -108,19 +116,38 @@ def main(argv=None):
 
     # CVAE step, as in train_cvae
     torch.manual_seed(0)
+    title, batch, precision = "CVAE step (Pyro SVI, pyro.optim.Adam per tensor)", args.batch_size, \
+        contextlib.nullcontext()
+    if args.book:
+        config = book_config()
+        batch = config.cvae_batch
+        precision = training_precision(config, torch.device("cpu"))
+        title = (f"CVAE step of book_config() (Pyro SVI, JointAdam, batch {batch}, "
+                 f"{config.precision})")
+        n = batch * (args.steps + 10)
+        train_q, _, _ = common.load_project_data(n, 1, 1)
+        x, y = train_q.x, train_q.y
+        batches = list(iterate_minibatches(n, batch, torch.Generator().manual_seed(0)))
+    flops = common.flop_counts(config)
     cvae, svi = common.make_project_cvae(BaselineNet(config), config)
+    if args.book:
+        svi = SVI(cvae.model, cvae.guide, JointAdam(config.cvae_lr, config.lr_decay), Trace_ELBO())
     y_hat = cvae.baseline_guess(x)
+
+    def cvae_step(idx):
+        with precision:
+            svi.step(x[idx], y[idx], y_hat[idx])
+
     for idx in batches[:10]:
-        svi.step(x[idx], y[idx], y_hat[idx])
+        cvae_step(idx)
     cpu = time.process_time()
     for idx in batches[10:10 + args.steps]:
-        svi.step(x[idx], y[idx], y_hat[idx])
+        cvae_step(idx)
     cvae_ms = (time.process_time() - cpu) / args.steps * 1e3
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for idx in batches[10:10 + args.steps]:
-            svi.step(x[idx], y[idx], y_hat[idx])
-    summarize(prof, "CVAE step (train_cvae, Pyro SVI)", flops["cvae_train"] * args.batch_size,
-              args.steps, args.top, cvae_ms)
+            cvae_step(idx)
+    summarize(prof, title, flops["cvae_train"] * batch, args.steps, args.top, cvae_ms)
 
 
 if __name__ == "__main__":

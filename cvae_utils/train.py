@@ -9,6 +9,7 @@ they stay quiet.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Callable
 
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 from .config import CVAEConfig
@@ -26,7 +27,7 @@ from .networks import CVAE, BaselineNet, masked_bce
 
 __all__ = ["History", "train_baseline", "train_cvae", "default_device", "baseline_loss",
            "training_precision", "warmup_epochs", "flush_denormals",
-           "cvae_loss", "gsnn_loss", "early_stopping_loop", "EVAL_CHUNK"]
+           "cvae_loss", "gsnn_loss", "early_stopping_loop", "EVAL_CHUNK", "JointAdam"]
 
 EVAL_CHUNK = 2048  # images per chunk when scoring a whole split without gradients
 
@@ -59,8 +60,9 @@ FLUSHING_DENORMALS = flush_denormals()  # see flush_denormals: on import, for ev
 def training_precision(config: CVAEConfig, device: torch.device):
     """The context the training steps run in: bfloat16 autocast if ``config.precision`` asks.
 
-    Only the matrix products of the training steps run in bfloat16; weights, optimizer state,
-    losses and every validation or evaluation pass stay in float32.
+    Only the matrix products of the training steps and of the CVAE's per-epoch validation pass
+    (which only ranks the epochs for early stopping) run in bfloat16; weights, optimizer state,
+    losses and every evaluation reported in the book stay in float32.
     """
     return torch.autocast(device.type, dtype=torch.bfloat16,
                           enabled=config.precision == "bf16")
@@ -121,7 +123,8 @@ def early_stopping_loop(module, config, max_epochs: int, num_train: int,
                          train_epoch: Callable, val_loss_fn: Callable, desc: str,
                          progress: bool | None, callback: Callable | None,
                          start_epoch: Callable | None = None, warmup_epochs: int = 0,
-                         batch_size: int | None = None, patience: int | None = None) -> History:
+                         batch_size: int | None = None, patience: int | None = None,
+                         state_fn: Callable | None = None) -> History:
     """The loop shared by every model: epochs, validation, patience, best weights kept.
 
     ``config`` is any config with ``seed``, ``batch_size`` and ``patience`` (the arguments
@@ -131,6 +134,8 @@ def early_stopping_loop(module, config, max_epochs: int, num_train: int,
 
     ``start_epoch(epoch)`` runs before each epoch (learning-rate and KL schedules). During the
     first ``warmup_epochs`` the validation loss is recorded but patience does not run out.
+    ``state_fn()`` returns the weights to keep when an epoch is the best so far (default: a copy
+    of ``module.state_dict()``); they are loaded into ``module`` at the end.
     """
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
@@ -155,7 +160,8 @@ def early_stopping_loop(module, config, max_epochs: int, num_train: int,
             history.seconds.append(time.perf_counter() - start)
             if val < best_val:
                 best_val, waited, history.best_epoch = val, 0, epoch
-                best_state = copy.deepcopy(module.state_dict())
+                best_state = (state_fn() if state_fn is not None
+                              else copy.deepcopy(module.state_dict()))
             elif epoch > warmup_epochs:
                 waited += 1
             bar.set_postfix(epoch=epoch, train=f"{total / num_train:.2f}", val=f"{val:.2f}",
@@ -255,18 +261,100 @@ class _KLWeight(Messenger):
             msg["scale"] = msg["scale"] * self.weight
 
 
+class JointAdam(pyro.optim.PyroOptim):
+    """Adam over all of SVI's parameters at once, with the learning rate decaying per epoch.
+
+    Pyro's own optimizers (``pyro.optim.Adam``, ``pyro.optim.ExponentialLR``) keep one torch
+    optimizer per parameter tensor: 22 for the CVAE, each with its own Python step and kernel
+    call. This one gives all tensors to a single ``torch.optim.Adam`` (``fused=True``: one
+    kernel for all of them), whose per-element update is the same, so the numbers are the same.
+    It also drops the gradients after the step instead of letting SVI fill them with zeros:
+    the next backward pass writes fresh ones. ``step()`` multiplies the learning rate by
+    ``gamma`` (once per epoch in `train_cvae`). Measured in `benchmarks/README.md`.
+
+    With ``average`` in (0, 1) it also keeps an exponential moving average of the parameters
+    (Polyak averaging): after step t, ``avg += (1 - d) * (param - avg)`` with
+    ``d = min(average, (1 + t) / (10 + t))``, so the average starts from the first weights and
+    soon spans about ``1 / (1 - average)`` steps. Inside ``with optim.averaged():`` the
+    parameters hold the averages (for validation, and for keeping the best weights).
+    """
+
+    def __init__(self, lr: float, gamma: float = 1.0, average: float = 0.0):
+        super().__init__(torch.optim.Adam, {"lr": lr, "fused": True})
+        if not 0.0 <= average < 1.0:
+            raise ValueError(f"average must lie in [0, 1), got {average}")
+        self.gamma = gamma
+        self.average = average
+        self.optimizer: torch.optim.Adam | None = None
+        self._seen: set = set()
+        self._params: list[torch.Tensor] = []
+        self._averages: list[torch.Tensor] = []
+        self._steps = 0
+
+    def __call__(self, params, *args, **kwargs) -> None:
+        new = [p for p in params if p not in self._seen]
+        if new:  # the first step, or a parameter that appeared later: a group of its own
+            store = pyro.get_param_store()
+            new.sort(key=store.param_name)  # a fixed order, whatever the set's order was
+            self._seen.update(new)
+            if self.optimizer is None:
+                self.optimizer = torch.optim.Adam(new, **self.pt_optim_args)
+            else:
+                lr = self.optimizer.param_groups[0]["lr"]  # decayed as far as the others
+                self.optimizer.add_param_group({"params": new, "lr": lr})
+            if self.average:
+                self._params += new
+                self._averages += [p.detach().clone() for p in new]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.average:
+            self._steps += 1
+            decay = min(self.average, self._steps / (self._steps + 9))
+            with torch.no_grad():
+                torch._foreach_lerp_(self._averages, self._params, 1.0 - decay)
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """Within the block the parameters hold their averages (no-op without averaging)."""
+        if not self._averages:
+            yield
+            return
+        with torch.no_grad():
+            current = [p.detach().clone() for p in self._params]
+            torch._foreach_copy_(self._params, self._averages)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self._params, current)
+
+    def step(self) -> None:
+        """Decay the learning rate by ``gamma`` (the scheduler's step, once per epoch)."""
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.gamma
+
+    def get_state(self) -> dict:
+        return {} if self.optimizer is None else {"adam": self.optimizer.state_dict()}
+
+
 def _objective(cvae: CVAE, config: CVAEConfig, wrap: Callable):
-    """The guide and SVI loss of the configured objective (Trace_ELBO for the plain CVAE).
+    """The guide and SVI loss of the configured objective (Trace_ELBO for the plain CVAE, or
+    TraceMeanField_ELBO with ``config.analytic_kl``).
 
     The GSNN is the ELBO with the prior as guide; the hybrid objective is
     alpha * ELBO(recognition guide) + (1 - alpha) * ELBO(prior guide). ``wrap`` applies the KL
     weight to every guide.
     """
+    # Trace_ELBO estimates KL(q || p) with the sampled z, as the tutorial does;
+    # TraceMeanField_ELBO computes it in closed form (both are Gaussians): the same objective
+    # with a less noisy gradient
+    make_elbo = TraceMeanField_ELBO if config.analytic_kl else Trace_ELBO
     if config.objective == "cvae":
-        return wrap(cvae.guide), Trace_ELBO()
+        return wrap(cvae.guide), make_elbo()
     if config.objective == "gsnn":
-        return wrap(cvae.prior_guide), Trace_ELBO()
-    elbo, alpha, prior_guide = Trace_ELBO(), config.hybrid_alpha, wrap(cvae.prior_guide)
+        return wrap(cvae.prior_guide), make_elbo()
+    elbo, alpha, prior_guide = make_elbo(), config.hybrid_alpha, wrap(cvae.prior_guide)
 
     def hybrid_loss(model, guide, *args, **kwargs):
         return (alpha * elbo.differentiable_loss(model, guide, *args, **kwargs)
@@ -302,9 +390,7 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
     pyro.set_rng_seed(config.seed)
     kl_weight = _KLWeight()
     guide, loss = _objective(cvae, config, kl_weight)
-    optimizer = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam,
-                                          "optim_args": {"lr": config.cvae_lr, "fused": True},
-                                          "gamma": config.lr_decay})
+    optimizer = JointAdam(config.cvae_lr, config.lr_decay, config.weight_average)
     svi = SVI(kl_weight(cvae.model), guide, optimizer, loss)
     x, y = train.x.to(device), train.y.to(device)
     y_hat = None  # the guesses of a frozen baseline are computed once, not at every step
@@ -334,20 +420,26 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
 
     def val_loss():
         cvae.eval()
-        value = val_metric(cvae, val, seed=config.seed).mean().item()
-        if snapshot_x is not None:
-            with torch.no_grad():
-                prior = cvae.prior(snapshot_x).base_dist
-                z = prior.loc + prior.scale * noise                    # (S, n, z_dim)
-                probs = torch.sigmoid(cvae.generation_net(z, snapshot_x))
-            frames.append((probs.transpose(0, 1) * 255).round().to(torch.uint8).cpu())
+        with optimizer.averaged():  # the averaged weights if config.weight_average
+            with autocast:  # the training precision: the pass only ranks the epochs
+                value = val_metric(cvae, val, seed=config.seed).mean().item()
+            if snapshot_x is not None:
+                with torch.no_grad():
+                    prior = cvae.prior(snapshot_x).base_dist
+                    z = prior.loc + prior.scale * noise                    # (S, n, z_dim)
+                    probs = torch.sigmoid(cvae.generation_net(z, snapshot_x))
+                frames.append((probs.transpose(0, 1) * 255).round().to(torch.uint8).cpu())
         cvae.train()
         return value
+
+    def kept_state():  # the weights that were validated
+        with optimizer.averaged():
+            return copy.deepcopy(cvae.state_dict())
 
     history = early_stopping_loop(cvae, config, max_epochs, len(train), step, val_loss,
                                    f"cvae k={train.num_quadrants}", progress, callback,
                                    start_epoch, warmup, config.cvae_batch,
-                                   config.cvae_patience_epochs)
+                                   config.cvae_patience_epochs, kept_state)
     if frames:
         history.snapshots = torch.stack(frames)  # (epochs, n, S, 784)
     return cvae.eval(), history

@@ -76,7 +76,7 @@ VARIANT_LABELS: dict[str, str] = {
 # the fields of `CVAEConfig` in which `book_config()` departs from `tutorial_config()`: all of them
 # fields of the CVAE alone, so resetting them leaves the baseline, shared by every row, as it is
 BOOK_RECIPE_FIELDS = ("decoder_sees_x", "kl_warmup_epochs", "cvae_batch_size", "cvae_lr",
-                      "lr_decay", "cvae_patience", "precision")
+                      "lr_decay", "cvae_patience", "precision", "analytic_kl", "weight_average")
 
 # the fields of `CVAEConfig` each variant changes in the base configuration; the reference row,
 # "pyro_tutorial", resets every field of the book's recipe to the tutorial's value, so that

@@ -1,6 +1,7 @@
 """Training loops, budgets, the model cache and the command line."""
 from __future__ import annotations
 
+import contextlib
 import pickle
 import shutil
 
@@ -15,7 +16,7 @@ from cvae_utils.__main__ import main
 from cvae_utils.cache import (BASELINE_FIELDS, CheckpointError, checkpoint_path, load_checkpoint,
                               run_key)
 from cvae_utils.networks import CVAE, BaselineNet, masked_bce
-from cvae_utils.train import _KLWeight, baseline_loss
+from cvae_utils.train import JointAdam, _KLWeight, baseline_loss
 
 SMALL = CVAEConfig(hidden_1=32, hidden_2=16, z_dim=4, batch_size=16, patience=2)
 TINY = Budget("smoke", num_train=96, num_val=48, num_test=32, max_epochs=3)
@@ -215,7 +216,8 @@ def test_book_config_changes_only_cvae_fields_of_the_tutorial(monkeypatch):
         book = book_config()
         changed = {name for name, value in book.to_dict().items() if value != tutorial[name]}
         assert changed == {"decoder_sees_x", "kl_warmup_epochs", "cvae_batch_size", "cvae_lr",
-                           "lr_decay", "cvae_patience"} | ({"precision"} if has_bf16 else set())
+                           "lr_decay", "cvae_patience", "analytic_kl", "weight_average"} | (
+                               {"precision"} if has_bf16 else set())
         assert book.cvae_patience_epochs == book.cvae_patience != book.patience
         assert book.precision == ("bf16" if has_bf16 else "fp32")
         assert book.cvae_batch == book.cvae_batch_size != book.batch_size == 128
@@ -293,3 +295,121 @@ def test_importing_the_package_flushes_denormals_in_every_thread():
     if supported != "True":
         pytest.skip("this CPU cannot flush denormals")
     assert nonzero == "0"
+
+
+def test_joint_adam_matches_pyros_per_parameter_adam_and_decays(tiny_data, monkeypatch):
+    """One fused Adam over all tensors must train exactly as Pyro's one-Adam-per-tensor did."""
+    import pyro
+
+    import cvae_utils.train as train_module
+
+    train, val = quadrant_splits(tiny_data)
+    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    config = SMALL.replace(lr_decay=0.5, patience=10)
+    joint, joint_history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu",
+                                      progress=False)
+    lrs = []
+
+    def pyro_exponential_lr(lr, gamma, average):  # the reference: Pyro's per-tensor Adams
+        optim = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam,
+                                          "optim_args": {"lr": lr, "fused": True}, "gamma": gamma})
+        step = optim.step
+
+        def recording_step(*args, **kwargs):
+            step(*args, **kwargs)
+            lrs.append({s.optimizer.param_groups[0]["lr"] for s in optim.optim_objs.values()})
+        optim.step = recording_step
+        optim.averaged = contextlib.nullcontext  # no averaging (config.weight_average is 0)
+        return optim
+
+    monkeypatch.setattr(train_module, "JointAdam", pyro_exponential_lr)
+    ref, ref_history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu",
+                                  progress=False)
+    assert joint_history.val_loss == ref_history.val_loss
+    for (name, a), (_, b) in zip(joint.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert lrs == [{config.cvae_lr * 0.5}, {config.cvae_lr * 0.25}]
+
+    # its own learning rate follows the same schedule; a later parameter joins the optimizer
+    optim = JointAdam(1e-2, gamma=0.5)
+    a = pyro.param("joint_adam_a", torch.ones(3))
+    a.grad = torch.ones(3)
+    optim([a])
+    assert a.grad is None and torch.all(a < 1)
+    optim.step()
+    b = pyro.param("joint_adam_b", torch.ones(2))
+    b.grad, a.grad = torch.ones(2), torch.ones(3)
+    optim([a, b])
+    assert [g["lr"] for g in optim.optimizer.param_groups] == [5e-3, 5e-3]
+    assert torch.all(b < 1)
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.25])
+def test_analytic_kl_loss_is_likelihood_plus_closed_form_kl(tiny_data, weight):
+    """TraceMeanField_ELBO against a hand computation with torch.distributions' Gaussian KL."""
+    import pyro
+    from torch.distributions import kl_divergence
+
+    import cvae_utils.train as train_module
+
+    config = SMALL.replace(analytic_kl=True)
+    train, _ = quadrant_splits(tiny_data)
+    x, y = train.x[:8], train.y[:8]
+    torch.manual_seed(0)
+    cvae = CVAE(BaselineNet(config), config)
+    kl_weight = train_module._KLWeight(weight)
+    guide, elbo = train_module._objective(cvae, config, kl_weight)
+    assert type(elbo).__name__ == "TraceMeanField_ELBO"
+    pyro.set_rng_seed(3)
+    loss = elbo.differentiable_loss(kl_weight(cvae.model), guide, x, y)
+    pyro.set_rng_seed(3)
+    with torch.no_grad():
+        q, p = cvae.posterior(x, y), cvae.prior(x)
+        z = q.rsample()  # the same draw as the guide's
+        expected = (masked_bce(cvae.generation_net(z, x), y).sum()
+                    + weight * kl_divergence(q, p).sum())
+    assert torch.allclose(loss.detach(), expected, rtol=1e-5)
+    # the sampled-KL loss of the same draw differs (log q(z) - log p(z) is not the KL)
+    _, sampled = train_module._objective(cvae, SMALL, kl_weight)
+    pyro.set_rng_seed(3)
+    assert not torch.allclose(sampled.differentiable_loss(kl_weight(cvae.model), guide, x, y),
+                              expected, rtol=1e-5)
+
+
+def test_weight_average_follows_its_recursion_and_swaps_in_and_out():
+    import pyro
+
+    optim = JointAdam(0.1, average=0.9)
+    w = pyro.param("weight_average_w", torch.zeros(4))
+    expected, history = w.detach().clone(), []
+    for t in range(1, 40):
+        w.grad = torch.full((4,), float(t % 3) - 1.0)
+        optim([w])
+        decay = min(0.9, t / (t + 9))  # the documented warm start: (1 + s) / (10 + s), s = t - 1
+        expected = decay * expected + (1 - decay) * w.detach()
+        history.append(w.detach().clone())
+    current = w.detach().clone()
+    with optim.averaged():
+        assert torch.allclose(w, expected, atol=1e-6)
+        assert not torch.allclose(w, current)
+    assert torch.equal(w, current)  # restored after the block
+    with pytest.raises(ValueError, match="average"):
+        JointAdam(0.1, average=1.0)
+    with pytest.raises(ValueError, match="weight_average"):
+        CVAEConfig(weight_average=-0.1)
+
+
+def test_training_keeps_the_averaged_weights_it_validated(tiny_data):
+    from cvae_utils.train import cvae_loss
+
+    train, val = quadrant_splits(tiny_data)
+    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    config = SMALL.replace(weight_average=0.9, patience=10)
+    averaged, history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu",
+                                   progress=False)
+    plain, plain_history = train_cvae(train, val, baseline, SMALL.replace(patience=10),
+                                      max_epochs=3, device="cpu", progress=False)
+    assert history.train_loss == plain_history.train_loss  # averaging does not change training
+    assert history.val_loss != plain_history.val_loss      # but what is validated and kept
+    kept = cvae_loss(averaged, val, seed=config.seed).mean().item()
+    assert kept == pytest.approx(history.best_val_loss, abs=1e-4)
