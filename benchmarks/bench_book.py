@@ -44,6 +44,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def jupyter_book() -> str:
+    """The jupyter-book of this interpreter's environment (activated or not), else of PATH."""
+    beside = Path(sys.executable).parent / "jupyter-book"
+    found = str(beside) if beside.exists() else shutil.which("jupyter-book")
+    if found is None:
+        raise SystemExit("jupyter-book not found next to this Python or on PATH: "
+                         "pip install -r requirements.txt")
+    return found
+
+
 def main(argv=None):
     args = parse_args(argv)
     print(f"# bench_book | {common.describe_machine()}")
@@ -51,7 +61,7 @@ def main(argv=None):
         env = dict(os.environ, CVAE_BUDGET=args.budget, MPLBACKEND="Agg",
                    CVAE_CACHE_DIR=args.cache or str(Path(tmp) / "models"))
         if args.what == "book":
-            command = ["jupyter-book", "build", str(ROOT / "book"), "--path-output",
+            command = [jupyter_book(), "build", str(ROOT / "book"), "--path-output",
                        str(Path(tmp) / "build")]
         else:
             command = [sys.executable, "-m", "cvae_utils", "train", "--quadrants", "1", "2", "3",
