@@ -25,6 +25,9 @@ Levers (select with ``--only``, comma-separated; default all):
               `train_cvae` uses)
   compile     torch.compile of the three CVAE networks inside Pyro SVI (compile time reported
               apart), and of a plain-PyTorch -ELBO step
+  recipe      the time of `book_config()`'s switches: a `train_cvae` epoch without the weight
+              average and the closed-form KL, with each, with both; and the per-epoch validation
+              pass in float32 vs the training precision (bf16 where fast)
 
 Epoch times are for ``--num-images`` images (default 10,000) and extrapolated to the 50,000-image
 epoch. Variants of one lever run interleaved (A B A B ...), after an untimed warm-up, and the best
@@ -52,7 +55,7 @@ from cvae_utils.networks import CVAE, BaselineNet, masked_bce
 from cvae_utils.train import cvae_loss, train_baseline
 import cvae_utils.train as cvae_train
 
-LEVERS = ("batch", "precompute", "threads", "eval", "pyro", "adam", "compile")
+LEVERS = ("batch", "precompute", "threads", "eval", "pyro", "adam", "compile", "recipe")
 ROWS = []  # (lever, variant, seconds, median, relative, note)
 
 
@@ -394,6 +397,51 @@ def lever_adam(args, data, baseline, config):
         ref = times["baseline, Adam as is" if name.startswith("baseline") else
                     "cvae, pyro Adam as is"]
         add_row("adam", name, ts, scale, ref)
+
+
+def lever_recipe(args, data, baseline, config):
+    """The switches of `book_config()` that cost time: a `train_cvae` epoch with each of them,
+    and the per-epoch validation pass in float32 against the training precision."""
+    from cvae_utils.config import book_config
+    from cvae_utils.data import QuadrantData
+    from cvae_utils.train import train_cvae, training_precision
+
+    train_q, val_q = data
+    scale = common.FULL_EPOCH / len(train_q)
+    book = book_config()
+    header(f"book recipe: one train_cvae epoch (batch {book.cvae_batch}, {book.precision}, "
+           f"256 validation images; s per 50k-image epoch)")
+    val_small = QuadrantData(val_q.x[:256], val_q.y[:256], val_q.labels[:256], 1)
+    configs = {"no average, sampled KL (ref)": book.replace(weight_average=0.0, analytic_kl=False),
+               "weight_average 0.999": book.replace(analytic_kl=False),
+               "analytic_kl": book.replace(weight_average=0.0),
+               "both (book_config())": book}
+
+    def run(cfg):
+        return lambda: train_cvae(train_q, val_small, baseline, cfg, 1, device="cpu",
+                                  progress=False)
+
+    times = common.round_robin({name: run(cfg) for name, cfg in configs.items()}, args.repeats)
+    for name, ts in times.items():
+        add_row("recipe", name, ts, scale, times["no average, sampled KL (ref)"])
+
+    header(f"validation pass of train_cvae (cvae_loss over {len(val_q)} images), seconds")
+    torch.manual_seed(0)
+    cvae = CVAE(baseline, book).eval()
+
+    def validate(context):
+        def fn():
+            with context():
+                cvae_loss(cvae, val_q).mean().item()
+        return fn
+
+    times = common.round_robin(
+        {"float32 (ref)": validate(torch.no_grad),
+         f"training precision ({book.precision})":
+             validate(lambda: training_precision(book, torch.device("cpu")))},
+        max(args.repeats, 3))
+    for name, ts in times.items():
+        add_row("recipe", name, ts, 1.0, times["float32 (ref)"])
 
 
 def lever_compile(args, data, baseline, config):
