@@ -452,6 +452,43 @@ def _long_csv(frame, ks: list[int]) -> str:
     return buffer.getvalue()
 
 
+def _cached_table(json_path: Path, key: dict, ks: list[int], attrs: dict, what: str,
+                  progress: bool | None, index_name: str = "method"):
+    """The table stored in ``json_path`` for ``key`` as a frame, or None when there is none.
+
+    A file that cannot be read or belongs to another key is reported with a warning (naming the
+    ``what``, e.g. "CLL table") and None is returned, so that the caller computes it again.
+    """
+    if not json_path.exists():
+        return None
+    try:
+        stored = json.loads(json_path.read_text(encoding="utf-8"))
+        if stored.get("key") != key:
+            raise ValueError(f"stored key {stored.get('key')} differs from {key}")
+        _say(progress, f"loaded the {what} from {json_path}")
+        return _frame(stored["rows"], ks, stored["mean"], stored["stderr"],
+                      {**attrs, "num_test": stored["num_test"]}, index_name=index_name)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        warnings.warn(f"ignoring a bad cached {what} {json_path} and computing it again: "
+                      f"{error}", stacklevel=3)
+    return None
+
+
+def _record(means: dict, stderrs: dict, row: str, k: int, estimate: "Estimate") -> None:
+    """Enter one estimate in a table's mean and standard-error columns (NaN stored as None)."""
+    means[row][str(k)] = estimate.mean
+    stderrs[row][str(k)] = None if math.isnan(estimate.stderr) else estimate.stderr
+
+
+def _store_table(csv_path: Path, json_path: Path, key: dict, csv_text: str, num_test: int,
+                 rows: list[str], means: dict, stderrs: dict) -> None:
+    """Write a computed table to the cache: the long CSV, and the JSON `_cached_table` reads."""
+    _write_atomic(csv_path, csv_text)
+    _write_atomic(json_path, json.dumps({"key": key, "num_test": num_test, "rows": rows,
+                                         "mean": means, "stderr": stderrs},
+                                        indent=1, sort_keys=True))
+
+
 def _say(progress: bool | None, message: str) -> None:
     if progress or (progress is None and sys.stderr.isatty()):
         print(message, file=sys.stderr, flush=True)
@@ -498,17 +535,10 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
     attrs = {"budget": budget.name, "num_test": budget.num_test, "num_samples": num_samples,
              "elbo_samples": elbo_samples, "seed": seed, "csv": str(csv_path),
              "json": str(json_path)}
-    if use_cache and json_path.exists():
-        try:
-            stored = json.loads(json_path.read_text(encoding="utf-8"))
-            if stored.get("key") != key:
-                raise ValueError(f"stored key {stored.get('key')} differs from {key}")
-            _say(progress, f"loaded the CLL table from {json_path}")
-            return _frame(stored["rows"], ks, stored["mean"], stored["stderr"],
-                          {**attrs, "num_test": stored["num_test"]})
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            warnings.warn(f"ignoring a bad cached CLL table {json_path} and computing it again: "
-                          f"{error}", stacklevel=2)
+    if use_cache:
+        cached = _cached_table(json_path, key, ks, attrs, "CLL table", progress)
+        if cached is not None:
+            return cached
 
     device = torch.device(device) if device is not None else default_device()
     data = data if data is not None else load_mnist()
@@ -533,17 +563,14 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
         gap = Estimate.from_values(rows[-1], nn.values - estimates[-1].values, num_samples,
                                    nn.num_output_pixels)
         for row, estimate in zip(rows, estimates + [gap]):
-            means[row][str(k)] = estimate.mean
-            stderrs[row][str(k)] = None if math.isnan(estimate.stderr) else estimate.stderr
+            _record(means, stderrs, row, k, estimate)
         _say(progress, f"k={k}: " + ", ".join(f"{row} {means[row][str(k)]:.2f}" for row in rows)
              + f" ({time.perf_counter() - start:.1f} s, N={len(test)})")
     attrs["num_test"] = len(test_split)
     frame = _frame(rows, ks, means, stderrs, attrs)
     if use_cache:
-        _write_atomic(csv_path, _long_csv(frame, ks))
-        _write_atomic(json_path, json.dumps({"key": key, "num_test": len(test_split),
-                                             "rows": rows, "mean": means, "stderr": stderrs},
-                                            indent=1, sort_keys=True))
+        _store_table(csv_path, json_path, key, _long_csv(frame, ks), len(test_split), rows,
+                     means, stderrs)
     return frame
 
 

@@ -24,21 +24,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import time
-import warnings
 from typing import TYPE_CHECKING, Sequence
 
 from .cache import run_key, trained_baseline, trained_cvae
 from .config import BUDGETS, Budget, CVAEConfig, book_config, get_budget, tutorial_config
 from .data import MNISTData, check_num_quadrants, load_mnist, make_quadrant_data
-from .evaluate import (DEFAULT_NUM_SAMPLES, _check_num_samples, baseline_ncll,
-                       cvae_importance_sampling, cvae_mc_prior, quadrant_label)
 from . import evaluate
-from .evaluate import _say, _table_paths
-from .evaluate import _write_atomic as _write_text
+from .evaluate import (DEFAULT_NUM_SAMPLES, _check_num_samples, _say, _table_paths,
+                       baseline_ncll, cvae_importance_sampling, cvae_mc_prior, quadrant_label)
 
 if TYPE_CHECKING:  # imported where used: pandas and matplotlib are slow to import
     import pandas as pd
@@ -191,9 +187,12 @@ def _table_key(keys: list[str], base: CVAEConfig, budget: Budget, ks: list[int],
             "seed": seed, "variants": variants, "baselines": baselines}
 
 
+INDEX_NAME = "variant"  # the tables' index; columns (inputs, statistic) as in `cll_table`
+
+
 def _frame(rows: list[str], ks: list[int], means: dict, stderrs: dict, attrs: dict):
     """Index "variant", columns (inputs, statistic) as in `cll_table`, so `format_table` works."""
-    return evaluate._frame(rows, ks, means, stderrs, attrs, index_name="variant")
+    return evaluate._frame(rows, ks, means, stderrs, attrs, index_name=INDEX_NAME)
 
 
 def _long_csv(frame, ks: list[int]) -> str:
@@ -263,17 +262,11 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
              "estimators": ["exact"] + [_row_estimator(k, estimator) for k in keys],
              "budget": budget.name, "num_test": budget.num_test, "num_samples": num_samples,
              "seed": seed, "csv": str(csv_path), "json": str(json_path)}
-    if use_cache and json_path.exists():
-        try:
-            stored = json.loads(json_path.read_text(encoding="utf-8"))
-            if stored.get("key") != key:
-                raise ValueError(f"stored key {stored.get('key')} differs from {key}")
-            _say(progress, f"loaded the variants table from {json_path}")
-            return _frame(stored["rows"], ks, stored["mean"], stored["stderr"],
-                          {**attrs, "num_test": stored["num_test"]})
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            warnings.warn(f"ignoring a bad cached variants table {json_path} and computing it "
-                          f"again: {error}", stacklevel=2)
+    if use_cache:
+        cached = evaluate._cached_table(json_path, key, ks, attrs, "variants table", progress,
+                                        index_name=INDEX_NAME)
+        if cached is not None:
+            return cached
 
     data = data if data is not None else load_mnist()
     test_split = data.subset(budget).test
@@ -281,8 +274,7 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
     stderrs = {row: {} for row in rows}
 
     def record(row: str, k: int, estimate) -> None:
-        means[row][str(k)] = estimate.mean
-        stderrs[row][str(k)] = None if math.isnan(estimate.stderr) else estimate.stderr
+        evaluate._record(means, stderrs, row, k, estimate)
 
     for k in ks:
         test = make_quadrant_data(test_split, k)                         # (num_test, 784) each
@@ -303,10 +295,8 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
     attrs["num_test"] = len(test_split)
     frame = _frame(rows, ks, means, stderrs, attrs)
     if use_cache:
-        _write_text(csv_path, _long_csv(frame, ks))
-        _write_text(json_path, json.dumps({"key": key, "num_test": len(test_split), "rows": rows,
-                                           "mean": means, "stderr": stderrs},
-                                          indent=1, sort_keys=True))
+        evaluate._store_table(csv_path, json_path, key, _long_csv(frame, ks), len(test_split),
+                              rows, means, stderrs)
     return frame
 
 
