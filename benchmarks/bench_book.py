@@ -11,7 +11,7 @@ The budget is ``--budget`` (default ``paper``). The model cache is a fresh tempo
 unless ``--cache DIR`` is given (then models already there are reused: that times a rebuild).
 The peak memory is the largest resident set of any process of the run (the build and the
 Jupyter kernels it starts), from ``getrusage(RUSAGE_CHILDREN).ru_maxrss``. Per-chapter times
-come from Jupyter Book's execution report when it prints one.
+come from the Jupyter cache of the build (in the order the chapters ran).
 
 Example (what the README reports):  python benchmarks/bench_book.py --what book --budget paper
 """
@@ -54,6 +54,22 @@ def jupyter_book() -> str:
     return found
 
 
+def print_chapter_times(jupyter_cache: Path) -> None:
+    """Each chapter's execution time, from the Jupyter cache the build wrote (MyST-NB records
+    it as ``execution_seconds``)."""
+    try:
+        from jupyter_cache import get_cache
+
+        records = get_cache(str(jupyter_cache)).list_cache_records()
+    except Exception as error:  # no cache (a failed build) or another jupyter-cache
+        print(f"per-chapter times unavailable: {error}")
+        return
+    print("chapter execution times (s):")
+    rows = sorted((r.created, Path(r.uri).stem, r.data.get("execution_seconds")) for r in records)
+    for _, name, seconds in rows:
+        print(f"  {name:<14} {seconds:8.1f}" if seconds is not None else f"  {name:<14}       ?")
+
+
 def main(argv=None):
     args = parse_args(argv)
     print(f"# bench_book | {common.describe_machine()}")
@@ -75,6 +91,8 @@ def main(argv=None):
         if args.log:
             log.close()
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        if args.what == "book":
+            print_chapter_times(Path(tmp) / "build" / "_build" / ".jupyter_cache")
         built = Path(tmp) / "build" / "_build" / "html"
         pages = sorted(p.name for p in built.glob("*.html")) if built.exists() else []
         if args.keep:

@@ -13,14 +13,25 @@ plus, unless ``--val-images 0``, one validation pass of each (project: `baseline
 set's DataLoader, ``svi.evaluate_loss`` per batch of 128).
 
 Timings are interleaved (all four pipelines once, then again, ``--repeats`` times, after one
-untimed warm-up run of each) and the best and the median wall-clock times are printed, with the
-best process CPU time beside them (on a machine shared with other processes, wall time grows
-with their load, CPU time much less; with one thread CPU seconds are what the run would take
-on an idle core). With ``--num-images N``
-each run trains on the first N training images and the time is extrapolated linearly to the
-full 50,000-image epoch (s/epoch = seconds / epochs * 50,000 / N); the per-step cost does not
-depend on N, so this is exact up to the project's once-per-run setup (model construction, ~0.1 s,
-included in the run and thus slightly overstated after extrapolation).
+untimed warm-up run of each). Two times are printed for each pipeline, best and median:
+
+* the **epoch**: the wall time of one epoch inside a run, of the epochs after the first
+  (``--epochs``, default 2). The project's training loops time their own epochs
+  (``History.seconds``: the minibatch steps and the per-epoch validation); the tutorial's epoch
+  loop is timed around the loop (DataLoader iteration included). This is what every epoch of a
+  long training run costs, and what the ratios compare. The first epochs are printed apart:
+  the project's CVAE runs Pyro's validation checks in its first epoch only.
+* the **run**: the whole timed call divided by its epochs, with what happens once per run:
+  building the models and the optimizer, the project's precomputed baseline guesses (one
+  baseline forward pass over the training images), the tutorial's DataLoader. Beside it the
+  run's process CPU time (on a machine shared with other processes, wall time grows with their
+  load, CPU time much less; with one thread CPU seconds are what the run would take on an idle
+  core).
+
+With ``--num-images N`` each run trains on the first N training images and the times are
+extrapolated linearly to the full 50,000-image epoch (x 50,000 / N). Every step costs the same
+whatever N is, so this is exact for the epoch; the run's once-per-run setup is multiplied too, so
+the run column overstates it for N < 50,000 (by about 0.1 s x 50,000 / N / epochs for the CVAE).
 
 The project's train_* functions also score a validation split after every epoch; they are given
 256 validation images here so that this costs < 1 % of the epoch (the validation pass is timed
@@ -48,7 +59,9 @@ PROJECT_VAL_IMAGES = 256  # validation images the project's train_* score after 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per timed run (default 1)")
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="epochs per timed run (default 2: the epoch column times the "
+                             "epochs after the first)")
     parser.add_argument("--batch-size", type=int, default=128,
                         help="images per step of the tutorial's pipeline (default 128, its own)")
     parser.add_argument("--config", choices=("book", "tutorial"), default="book",
@@ -104,8 +117,17 @@ def main(argv=None):
     tut_val = common.tutorial_dataset(k, train=False, num_images=args.val_images or 1)
 
     # ---- the four training pipelines ------------------------------------------------------------
+    # each run also records the wall time of each of its epochs: the project's training loops
+    # time their own epochs (History.seconds: the minibatch steps and the per-epoch validation),
+    # the tutorial's epoch loops are timed around the loop; model construction, the CVAE's
+    # precomputed guesses and the DataLoader's construction are once-per-run costs outside them
+    epoch_times = {name: [] for name in ("baseline / project", "baseline / tutorial",
+                                         "cvae / project", "cvae / tutorial")}
+
     def project_baseline():
-        train_baseline(train_q, val_small, project, epochs, device="cpu", progress=False)
+        _, history = train_baseline(train_q, val_small, project, epochs, device="cpu",
+                                    progress=False)
+        epoch_times["baseline / project"] += history.seconds
 
     def tutorial_baseline():
         torch.manual_seed(config.seed)
@@ -113,32 +135,50 @@ def main(argv=None):
         optimizer = torch.optim.Adam(model.parameters(), lr=config.baseline_lr)
         loader = common.tutorial_loader(tut_train, args.batch_size, shuffle=True, seed=config.seed)
         for _ in range(epochs):
+            start = time.perf_counter()
             common.tutorial_baseline_epoch(model, optimizer, loader)
+            epoch_times["baseline / tutorial"].append(time.perf_counter() - start)
 
     def project_cvae():
         torch.manual_seed(project.seed)
         baseline = BaselineNet(project)  # untrained: the timing does not depend on its weights
-        train_cvae(train_q, val_small, baseline, project, epochs, device="cpu", progress=False)
+        _, history = train_cvae(train_q, val_small, baseline, project, epochs, device="cpu",
+                                progress=False)
+        epoch_times["cvae / project"] += history.seconds
 
     def tutorial_cvae():
         _, svi = common.make_tutorial_cvae(config)
         loader = common.tutorial_loader(tut_train, args.batch_size, shuffle=True, seed=config.seed)
         for _ in range(epochs):
+            start = time.perf_counter()
             common.tutorial_cvae_epoch(svi, loader)
+            epoch_times["cvae / tutorial"].append(time.perf_counter() - start)
 
     variants = {"baseline / project": project_baseline, "baseline / tutorial": tutorial_baseline,
                 "cvae / project": project_cvae, "cvae / tutorial": tutorial_cvae}
     times = common.round_robin(variants, args.repeats, warmup=not args.no_warmup)
+    if not args.no_warmup:  # the warm-up runs' epochs are not timed
+        for name in epoch_times:
+            del epoch_times[name][:epochs]
+    # the epoch column: the epochs after the first of each run (all of them in one-epoch runs).
+    # The project's CVAE runs Pyro's checks in its first epoch only (train_cvae), as any long
+    # run does; the first epochs are printed apart
+    first_epochs = {name: ts[::epochs] for name, ts in epoch_times.items()}
+    if epochs > 1:
+        epoch_times = {name: [t for i, t in enumerate(ts) if i % epochs]
+                       for name, ts in epoch_times.items()}
 
     flops, pflops = common.flop_counts(config), common.flop_counts(project)
-    run_flops = {  # executed FLOPs of one whole timed run
-        "baseline / project": n * epochs * pflops["baseline_train"]
-        + PROJECT_VAL_IMAGES * epochs * pflops["baseline_eval"],
-        "baseline / tutorial": n * epochs * flops["baseline_train"],
-        "cvae / project": n * epochs * pflops["cvae_train"] + n * pflops["cvae_guess_precompute"]
-        + PROJECT_VAL_IMAGES * epochs * pflops["cvae_eval_with_baseline"],
-        "cvae / tutorial": n * epochs * flops["cvae_train_with_baseline"],
+    epoch_flops = {  # executed FLOPs of one epoch: the steps and the per-epoch validation
+        "baseline / project": n * pflops["baseline_train"]
+        + PROJECT_VAL_IMAGES * pflops["baseline_eval"],
+        "baseline / tutorial": n * flops["baseline_train"],
+        "cvae / project": n * pflops["cvae_train"]
+        + PROJECT_VAL_IMAGES * pflops["cvae_eval_with_baseline"],
+        "cvae / tutorial": n * flops["cvae_train_with_baseline"],
     }
+    run_flops = {name: epochs * f for name, f in epoch_flops.items()}  # whole timed runs
+    run_flops["cvae / project"] += n * pflops["cvae_guess_precompute"]  # once per run
 
     # ---- validation passes --------------------------------------------------------------------
     val_times = {}
@@ -175,27 +215,36 @@ def main(argv=None):
           f" CPU; using the larger: {peak:.1f} GFLOP/s wall, {cpu_peak:.1f} GFLOP/s CPU")
 
     # ---- report -------------------------------------------------------------------------------
-    scale = common.FULL_EPOCH / n / epochs
+    scale = common.FULL_EPOCH / n  # one timed epoch of n images -> a 50k-image epoch
     print()
     print(f"TRAINING: seconds per {common.FULL_EPOCH}-image epoch (k={k}, {threads} threads)")
-    header = (f"{'pipeline':<22}{'wall s/epoch':>13}{'median':>8}{'CPU s/epoch':>12}"
-              f"{'GFLOP/s':>9}{'% peak':>8}{'CPU GFLOP/s':>12}{'% CPU peak':>11}")
+    print("  epoch: the time of one epoch inside a run (steps and per-epoch validation), as a "
+          "long training run spends it;\n  run: the whole timed run divided by its epochs, "
+          "with the once-per-run setup (models, the CVAE's precomputed guesses, the loader)")
+    header = (f"{'pipeline':<22}{'epoch s':>9}{'median':>8}{'GFLOP/s':>9}{'% peak':>8}"
+              f"{'run s/epoch':>12}{'median':>8}{'CPU s/epoch':>12}{'CPU GFLOP/s':>12}"
+              f"{'% CPU peak':>11}")
     print(header)
     print("-" * len(header))
-    best_epoch, best_cpu = {}, {}
+    best_epoch, best_run, best_cpu = {}, {}, {}
     for name, ts in times.items():
-        b, m = common.best(ts) * scale, common.median(ts) * scale
-        best_epoch[name], best_cpu[name] = b, min(ts.cpu) * scale
-        rate = run_flops[name] / common.best(ts) / 1e9
+        best_epoch[name] = common.best(epoch_times[name]) * scale
+        rate = epoch_flops[name] / common.best(epoch_times[name]) / 1e9
+        best_run[name] = common.best(ts) * scale / epochs
+        best_cpu[name] = min(ts.cpu) * scale / epochs
         crate = common.cpu_rate(run_flops[name], min(ts.cpu))
-        print(f"{name:<22}{b:>13.2f}{m:>8.2f}{best_cpu[name]:>12.2f}{rate:>9.1f}"
-              f"{100 * rate / peak:>7.1f}%{crate:>12.1f}{100 * crate / cpu_peak:>10.1f}%")
+        print(f"{name:<22}{best_epoch[name]:>9.2f}{common.median(epoch_times[name]) * scale:>8.2f}"
+              f"{rate:>9.1f}{100 * rate / peak:>7.1f}%{best_run[name]:>12.2f}"
+              f"{common.median(ts) * scale / epochs:>8.2f}{best_cpu[name]:>12.2f}{crate:>12.1f}"
+              f"{100 * crate / cpu_peak:>10.1f}%")
+    print(f"first epoch of each run (best): " + ", ".join(
+        f"{name} {common.best(ts) * scale:.2f}" for name, ts in first_epochs.items()))
     print()
     for model in ("baseline", "cvae"):
-        ratio = best_epoch[f"{model} / tutorial"] / best_epoch[f"{model} / project"]
-        cratio = best_cpu[f"{model} / tutorial"] / best_cpu[f"{model} / project"]
-        print(f"ratio tutorial / project, {model:<8}: {ratio:5.2f}x wall-clock, {cratio:5.2f}x "
-              f"CPU time  (best vs best)")
+        tut, pro = f"{model} / tutorial", f"{model} / project"
+        print(f"ratio tutorial / project, {model:<8}: {best_epoch[tut] / best_epoch[pro]:5.2f}x per "
+              f"epoch, {best_run[tut] / best_run[pro]:5.2f}x per run with setup, "
+              f"{best_cpu[tut] / best_cpu[pro]:5.2f}x CPU time of the runs  (best vs best)")
     print(f"FLOPs per image per training step: baseline {flops['baseline_train'] / 1e6:.3f} M, "
           f"cvae {flops['cvae_train'] / 1e6:.3f} M tutorial / {pflops['cvae_train'] / 1e6:.3f} M "
           f"project (+{flops['cvae_guess_precompute'] / 1e6:.3f} M baseline forward: once per run "

@@ -28,10 +28,12 @@ from .train import History, default_device, train_baseline, train_cvae
 __all__ = ["cache_dir", "run_key", "save_checkpoint", "load_checkpoint", "CheckpointError",
            "trained_baseline", "trained_cvae", "checkpoint_path", "cached_model", "NUM_SNAPSHOT_INPUTS"]
 
-FORMAT_VERSION = 2  # 2: fused Adam (results differ from version 1 in the last digits)
+FORMAT_VERSION = 3  # 2: fused Adam (results differ from version 1 in the last digits);
+# 3: the CVAE's weight average every 4 steps, Pyro's checks in its first epoch only
 NUM_SNAPSHOT_INPUTS = 8   # test inputs whose completions are recorded every epoch (animation)
 # the config fields that change a trained baseline (the CVAE-only fields do not)
-BASELINE_FIELDS = ("hidden_1", "hidden_2", "baseline_lr", "batch_size", "patience", "seed")
+BASELINE_FIELDS = ("hidden_1", "hidden_2", "baseline_lr", "batch_size", "patience", "seed",
+                   "baseline_precision")
 
 
 class CheckpointError(RuntimeError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,9 +28,11 @@ from .networks import CVAE, BaselineNet, masked_bce
 
 __all__ = ["History", "train_baseline", "train_cvae", "default_device", "baseline_loss",
            "training_precision", "warmup_epochs", "flush_denormals",
-           "cvae_loss", "gsnn_loss", "early_stopping_loop", "EVAL_CHUNK", "JointAdam"]
+           "cvae_loss", "gsnn_loss", "early_stopping_loop", "EVAL_CHUNK", "AVERAGE_EVERY",
+           "JointAdam"]
 
 EVAL_CHUNK = 2048  # images per chunk when scoring a whole split without gradients
+AVERAGE_EVERY = 4  # steps between updates of the CVAE's weight average (see JointAdam)
 
 
 def default_device() -> torch.device:
@@ -57,15 +60,18 @@ def flush_denormals() -> bool:
 FLUSHING_DENORMALS = flush_denormals()  # see flush_denormals: on import, for every thread
 
 
-def training_precision(config: CVAEConfig, device: torch.device):
-    """The context the training steps run in: bfloat16 autocast if ``config.precision`` asks.
+def training_precision(config: CVAEConfig, device: torch.device, model: str = "cvae"):
+    """The context the training steps of ``model`` ("cvae" or "baseline") run in: bfloat16
+    autocast if ``config.precision`` (``config.baseline_precision``) asks.
 
-    Only the matrix products of the training steps and of the CVAE's per-epoch validation pass
-    (which only ranks the epochs for early stopping) run in bfloat16; weights, optimizer state,
-    losses and every evaluation reported in the book stay in float32.
+    Only the matrix products of the training steps and of the per-epoch validation pass (which
+    only ranks the epochs for early stopping) run in bfloat16; weights, optimizer state, losses
+    and every evaluation reported in the book stay in float32.
     """
-    return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=config.precision == "bf16")
+    if model not in ("cvae", "baseline"):
+        raise ValueError(f"model must be 'cvae' or 'baseline', got {model!r}")
+    precision = config.precision if model == "cvae" else config.baseline_precision
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def warmup_epochs(config: CVAEConfig, max_epochs: int) -> int:
@@ -188,7 +194,10 @@ def baseline_loss(baseline: BaselineNet, data: QuadrantData) -> torch.Tensor:
 def train_baseline(train: QuadrantData, val: QuadrantData, config: CVAEConfig | None = None,
                    max_epochs: int = 100, device=None, progress: bool | None = None,
                    callback: Callable | None = None) -> tuple[BaselineNet, History]:
-    """Train the baseline MLP with Adam on the masked BCE; early stopping on ``val``."""
+    """Train the baseline MLP with Adam on the masked BCE; early stopping on ``val``.
+
+    The products run in bfloat16 if ``config.baseline_precision`` asks (`training_precision`).
+    """
     config = config or CVAEConfig()
     device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(config.seed)
@@ -197,9 +206,11 @@ def train_baseline(train: QuadrantData, val: QuadrantData, config: CVAEConfig | 
     optimizer = torch.optim.Adam(baseline.parameters(), lr=config.baseline_lr, fused=True)
     x, y = train.x.to(device), train.y.to(device)
     val = QuadrantData(val.x.to(device), val.y.to(device), val.labels, val.num_quadrants)
+    autocast = training_precision(config, device, "baseline")
 
     def step(idx):
-        loss = masked_bce(baseline.logits(x[idx]), y[idx]).sum()
+        with autocast:  # logits come back in float32, so the loss is float32
+            loss = masked_bce(baseline.logits(x[idx]), y[idx]).sum()
         optimizer.zero_grad(set_to_none=True)
         (loss / len(idx)).backward()
         optimizer.step()
@@ -207,7 +218,8 @@ def train_baseline(train: QuadrantData, val: QuadrantData, config: CVAEConfig | 
 
     def val_loss():
         baseline.eval()
-        value = baseline_loss(baseline, val).mean().item()
+        with autocast:  # the training precision: the pass only ranks the epochs
+            value = baseline_loss(baseline, val).mean().item()
         baseline.train()
         return value
 
@@ -273,18 +285,27 @@ class JointAdam(pyro.optim.PyroOptim):
     ``gamma`` (once per epoch in `train_cvae`). Measured in `benchmarks/README.md`.
 
     With ``average`` in (0, 1) it also keeps an exponential moving average of the parameters
-    (Polyak averaging): after step t, ``avg += (1 - d) * (param - avg)`` with
-    ``d = min(average, (1 + t) / (10 + t))``, so the average starts from the first weights and
-    soon spans about ``1 / (1 - average)`` steps. Inside ``with optim.averaged():`` the
-    parameters hold the averages (for validation, and for keeping the best weights).
+    (Polyak averaging), updated every ``average_every`` steps: after step t, when t is a
+    multiple of ``average_every``, ``avg += (1 - d) * (param - avg)`` with
+    ``d = min(average, t / (9 + t)) ** average_every``, so the average starts from the first
+    weights and soon spans about ``1 / (1 - average)`` steps. Updating it every step reads and
+    writes every weight once more per step, as much memory traffic as a third of Adam's; every
+    fourth step (`AVERAGE_EVERY`, what `train_cvae` uses) gives the same window for a quarter
+    of that. Inside ``with optim.averaged():`` the parameters hold the averages (for
+    validation, and for keeping the best weights).
     """
 
-    def __init__(self, lr: float, gamma: float = 1.0, average: float = 0.0):
+    def __init__(self, lr: float, gamma: float = 1.0, average: float = 0.0,
+                 average_every: int = 1):
         super().__init__(torch.optim.Adam, {"lr": lr, "fused": True})
         if not 0.0 <= average < 1.0:
             raise ValueError(f"average must lie in [0, 1), got {average}")
+        if isinstance(average_every, bool) or not isinstance(average_every, int) \
+                or average_every < 1:
+            raise ValueError(f"average_every must be an int >= 1, got {average_every!r}")
         self.gamma = gamma
         self.average = average
+        self.average_every = average_every
         self.optimizer: torch.optim.Adam | None = None
         self._seen: set = set()
         self._params: list[torch.Tensor] = []
@@ -309,9 +330,10 @@ class JointAdam(pyro.optim.PyroOptim):
         self.optimizer.zero_grad(set_to_none=True)
         if self.average:
             self._steps += 1
-            decay = min(self.average, self._steps / (self._steps + 9))
-            with torch.no_grad():
-                torch._foreach_lerp_(self._averages, self._params, 1.0 - decay)
+            if self._steps % self.average_every == 0:
+                decay = min(self.average, self._steps / (self._steps + 9)) ** self.average_every
+                with torch.no_grad():
+                    torch._foreach_lerp_(self._averages, self._params, 1.0 - decay)
 
     @contextlib.contextmanager
     def averaged(self):
@@ -390,7 +412,7 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
     pyro.set_rng_seed(config.seed)
     kl_weight = _KLWeight()
     guide, loss = _objective(cvae, config, kl_weight)
-    optimizer = JointAdam(config.cvae_lr, config.lr_decay, config.weight_average)
+    optimizer = JointAdam(config.cvae_lr, config.lr_decay, config.weight_average, AVERAGE_EVERY)
     svi = SVI(kl_weight(cvae.model), guide, optimizer, loss)
     x, y = train.x.to(device), train.y.to(device)
     y_hat = None  # the guesses of a frozen baseline are computed once, not at every step
@@ -409,13 +431,28 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
         noise = torch.randn(num_snapshot_samples, len(snapshot_x), config.z_dim,
                             generator=torch.Generator().manual_seed(config.seed)).to(device)
 
+    # Pyro checks every step while validation is on (pyro.enable_validation, on by default):
+    # shapes of the sample sites, model against guide, distribution parameters in their
+    # support. Those checks cost 5 % of a step; nothing they check changes after the first
+    # epoch, so the later epochs run without them, and a loss that is not finite stops the
+    # run at once instead (it is what a bad parameter would show)
+    validate = {"on": pyro.distributions.is_validation_enabled()}  # the user's setting
+
     def step(idx):
-        with autocast:
-            return svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])  # summed loss
+        with autocast, pyro.validation_enabled(validate["on"]):
+            loss = svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])  # summed
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"cvae k={train.num_quadrants}: the training loss became {loss} in epoch "
+                f"{validate['epoch']}; lower the learning rate (cvae_lr={config.cvae_lr}) or "
+                f"check the data for NaN")
+        return loss
 
     def start_epoch(epoch):
         if epoch > 1:
             optimizer.step()  # the learning-rate schedule: one decay per epoch
+            validate["on"] = False
+        validate["epoch"] = epoch
         kl_weight.weight = min(1.0, epoch / (warmup + 1))
 
     def val_loss():

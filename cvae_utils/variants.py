@@ -69,16 +69,21 @@ VARIANT_LABELS: dict[str, str] = {
     "no_baseline_prior": "prior without baseline",
 }
 
-# the fields of `CVAEConfig` in which `book_config()` departs from `tutorial_config()`: all of them
-# fields of the CVAE alone, so resetting them leaves the baseline, shared by every row, as it is
+# the fields of `CVAEConfig` in which `book_config()`'s CVAE departs from `tutorial_config()`'s:
+# all of them fields of the CVAE alone, so resetting them leaves the baseline, shared by every
+# row, as it is (the book also trains the baseline its own way: `batch_size` 256 and
+# `baseline_precision`, fields of the baseline that no row resets)
 BOOK_RECIPE_FIELDS = ("decoder_sees_x", "kl_warmup_epochs", "cvae_batch_size", "cvae_lr",
                       "lr_decay", "cvae_patience", "precision", "analytic_kl", "weight_average")
 
 # the fields of `CVAEConfig` each variant changes in the base configuration; the reference row,
 # "pyro_tutorial", resets every field of the book's recipe to the tutorial's value, so that
-# `variant_config("pyro_tutorial")` is `tutorial_config()`
+# `variant_config("pyro_tutorial")` trains the CVAE of `tutorial_config()` on the base's
+# baseline. Its CVAE batch is set explicitly (128): the tutorial's `cvae_batch_size=None` would
+# take the baseline's batch, which the book changes
 VARIANT_CHANGES: dict[str, dict] = {
-    "pyro_tutorial": {name: getattr(tutorial_config(), name) for name in BOOK_RECIPE_FIELDS},
+    "pyro_tutorial": {**{name: getattr(tutorial_config(), name) for name in BOOK_RECIPE_FIELDS},
+                      "cvae_batch_size": tutorial_config().cvae_batch},
     "tutorial": {"decoder_sees_x": False},
     "book": {},
     "gsnn": {"objective": "gsnn"},
@@ -105,8 +110,9 @@ def variant_config(name: str, base: CVAEConfig | None = None) -> CVAEConfig:
     ``base`` defaults to `book_config()`, so ``variant_config("book")`` is the book's own
     configuration and every other variant differs from it only in the fields of
     `VARIANT_CHANGES`. For "pyro_tutorial" those are all the fields of the book's recipe
-    (`BOOK_RECIPE_FIELDS`), set to the tutorial's values, so ``variant_config("pyro_tutorial")``
-    is `tutorial_config()`; with another ``base`` it keeps that base's networks and baseline.
+    (`BOOK_RECIPE_FIELDS`), set to the tutorial's values (and the CVAE's batch, 128), so
+    ``variant_config("pyro_tutorial")`` trains the CVAE of `tutorial_config()` on the base's
+    baseline; with another ``base`` it keeps that base's networks and baseline.
     An unknown name raises a ValueError that lists the valid keys.
     """
     base = base if base is not None else book_config()

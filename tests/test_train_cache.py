@@ -206,7 +206,36 @@ def test_nan_validation_loss_gives_a_clear_error(tiny_data):
         train_baseline(train, val, SMALL, max_epochs=2, device="cpu", progress=False)
 
 
-def test_book_config_changes_only_cvae_fields_of_the_tutorial(monkeypatch):
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_pyro_checks_the_first_cvae_epoch_and_a_non_finite_loss_stops_training(tiny_data,
+                                                                                monkeypatch):
+    import pyro
+    import pyro.distributions as dist
+
+    train, val = quadrant_splits(tiny_data)
+    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    seen, model = [], CVAE.model
+
+    def recording_model(self, *args, **kwargs):
+        seen.append(dist.is_validation_enabled())
+        return model(self, *args, **kwargs)
+
+    monkeypatch.setattr(CVAE, "model", recording_model)
+    config = SMALL.replace(patience=10)
+    train_cvae(train, val, baseline, config, max_epochs=3, device="cpu", progress=False)
+    steps = -(-len(train) // config.cvae_batch)
+    assert seen == [True] * steps + [False] * 2 * steps  # Pyro's checks in the first epoch only
+    assert dist.is_validation_enabled()                  # and the user's setting restored
+    # without the checks (the later epochs, or validation switched off), a NaN loss stops the run
+    train.x[5] = float("nan")
+    with pyro.validation_enabled(False):
+        with pytest.raises(FloatingPointError, match="training loss became nan in epoch 1"):
+            train_cvae(train, val, baseline, config, max_epochs=2, device="cpu", progress=False)
+    with pytest.raises(ValueError):  # with them, Pyro itself rejects the NaN parameters
+        train_cvae(train, val, baseline, config, max_epochs=2, device="cpu", progress=False)
+
+
+def test_book_config_departs_from_the_tutorial_in_its_recipe_and_baseline_training(monkeypatch):
     import cvae_utils.config as config_module
     from cvae_utils import book_config, tutorial_config
 
@@ -216,14 +245,43 @@ def test_book_config_changes_only_cvae_fields_of_the_tutorial(monkeypatch):
         book = book_config()
         changed = {name for name, value in book.to_dict().items() if value != tutorial[name]}
         assert changed == {"decoder_sees_x", "kl_warmup_epochs", "cvae_batch_size", "cvae_lr",
-                           "lr_decay", "cvae_patience", "analytic_kl", "weight_average"} | (
-                               {"precision"} if has_bf16 else set())
+                           "lr_decay", "cvae_patience", "analytic_kl", "weight_average",
+                           "batch_size"} | (
+                               {"precision", "baseline_precision"} if has_bf16 else set())
         assert book.cvae_patience_epochs == book.cvae_patience != book.patience
-        assert book.precision == ("bf16" if has_bf16 else "fp32")
-        assert book.cvae_batch == book.cvae_batch_size != book.batch_size == 128
-    assert not set(changed) & set(BASELINE_FIELDS)
-    # so both share one baseline in the cache
-    assert run_key("baseline", book_config(), TINY, 1) == run_key("baseline", tutorial_config(), TINY, 1)
+        assert book.precision == book.baseline_precision == ("bf16" if has_bf16 else "fp32")
+        assert book.cvae_batch == book.cvae_batch_size == book.batch_size == 256
+        # the baseline's own fields: its training (batch, precision), not its network or rate
+        assert changed & set(BASELINE_FIELDS) == {"batch_size"} | (
+            {"baseline_precision"} if has_bf16 else set())
+    with pytest.raises(ValueError, match="baseline_precision must be 'fp32' or 'bf16'"):
+        CVAEConfig(baseline_precision="fp16")
+
+
+def test_baseline_precision_selects_the_baselines_autocast(monkeypatch, tiny_data):
+    import cvae_utils.train as train_module
+
+    dtypes = []
+    logits = BaselineNet.logits
+
+    def recording(self, x):
+        out = self.net(x)
+        dtypes.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        return logits(self, x)
+
+    monkeypatch.setattr(BaselineNet, "logits", recording)
+    train, val = quadrant_splits(tiny_data)
+    config = SMALL.replace(baseline_precision="bf16", patience=5)
+    train_baseline(train, val, config, max_epochs=1, device="cpu", progress=False)
+    assert set(dtypes) == {(True, torch.bfloat16)}  # training steps and validation pass
+    dtypes.clear()
+    train_baseline(train, val, config.replace(baseline_precision="fp32", precision="bf16"),
+                   max_epochs=1, device="cpu", progress=False)
+    assert set(dtypes) == {(False, torch.float32)}  # the CVAE's precision is not the baseline's
+    with pytest.raises(ValueError, match="model must be"):
+        train_module.training_precision(config, torch.device("cpu"), "classifier")
+    # a different baseline precision is a different baseline in the cache
+    assert run_key("baseline", config, TINY, 1) != run_key("baseline", SMALL, TINY, 1)
 
 
 def test_cvae_and_baseline_use_their_own_batch_sizes(tiny_data, monkeypatch):
@@ -310,7 +368,8 @@ def test_joint_adam_matches_pyros_per_parameter_adam_and_decays(tiny_data, monke
                                       progress=False)
     lrs = []
 
-    def pyro_exponential_lr(lr, gamma, average):  # the reference: Pyro's per-tensor Adams
+    def pyro_exponential_lr(lr, gamma, average, average_every):  # the reference: Pyro's
+        # per-tensor Adams
         optim = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam,
                                           "optim_args": {"lr": lr, "fused": True}, "gamma": gamma})
         step = optim.step
@@ -376,18 +435,21 @@ def test_analytic_kl_loss_is_likelihood_plus_closed_form_kl(tiny_data, weight):
                               expected, rtol=1e-5)
 
 
-def test_weight_average_follows_its_recursion_and_swaps_in_and_out():
+@pytest.mark.parametrize("every", [1, 3])
+def test_weight_average_follows_its_recursion_and_swaps_in_and_out(every):
     import pyro
 
-    optim = JointAdam(0.1, average=0.9)
-    w = pyro.param("weight_average_w", torch.zeros(4))
-    expected, history = w.detach().clone(), []
-    for t in range(1, 40):
+    optim = JointAdam(0.1, average=0.9, average_every=every)
+    w = pyro.param(f"weight_average_w{every}", torch.zeros(4))
+    expected, updates = w.detach().clone(), 0
+    for t in range(1, 41):
         w.grad = torch.full((4,), float(t % 3) - 1.0)
         optim([w])
-        decay = min(0.9, t / (t + 9))  # the documented warm start: (1 + s) / (10 + s), s = t - 1
-        expected = decay * expected + (1 - decay) * w.detach()
-        history.append(w.detach().clone())
+        if t % every == 0:  # the documented recursion, applied every `every` steps
+            decay = min(0.9, t / (t + 9)) ** every
+            expected = decay * expected + (1 - decay) * w.detach()
+            updates += 1
+    assert updates == 40 // every
     current = w.detach().clone()
     with optim.averaged():
         assert torch.allclose(w, expected, atol=1e-6)
@@ -395,6 +457,8 @@ def test_weight_average_follows_its_recursion_and_swaps_in_and_out():
     assert torch.equal(w, current)  # restored after the block
     with pytest.raises(ValueError, match="average"):
         JointAdam(0.1, average=1.0)
+    with pytest.raises(ValueError, match="average_every"):
+        JointAdam(0.1, average=0.9, average_every=0)
     with pytest.raises(ValueError, match="weight_average"):
         CVAEConfig(weight_average=-0.1)
 

@@ -14,7 +14,7 @@ import torch
 
 from cvae_utils import cache as cache_module
 from cvae_utils import variants
-from cvae_utils.cache import trained_baseline, trained_cvae
+from cvae_utils.cache import BASELINE_FIELDS, run_key, trained_baseline, trained_cvae
 from cvae_utils import config as config_module
 from cvae_utils.config import Budget, CVAEConfig, book_config, tutorial_config
 from cvae_utils.data import make_quadrant_data
@@ -48,7 +48,9 @@ def changed_fields(config: CVAEConfig, reference: CVAEConfig) -> dict:
 
 def test_each_variant_changes_exactly_its_field():
     assert tuple(VARIANTS) == KEYS and tuple(VARIANT_LABELS) == KEYS
-    expected = {"pyro_tutorial": changed_fields(tutorial_config(), book_config()),
+    tutorial_cvae = tutorial_config().replace(  # the tutorial's CVAE on the book's baseline
+        **{name: getattr(book_config(), name) for name in BASELINE_FIELDS}, cvae_batch_size=128)
+    expected = {"pyro_tutorial": changed_fields(tutorial_cvae, book_config()),
                 "tutorial": {"decoder_sees_x": False}, "book": {}, "gsnn": {"objective": "gsnn"},
                 "hybrid": {"objective": "hybrid"}, "joint": {"joint_baseline": True},
                 "no_baseline_prior": {"prior_uses_baseline": False}}
@@ -56,8 +58,10 @@ def test_each_variant_changes_exactly_its_field():
         assert changed_fields(variant_config(key), book_config()) == expected[key], key
     assert variant_config("hybrid").hybrid_alpha == 0.5
     assert variant_config("book") == book_config()
-    # the reference row is the tutorial's configuration, whatever the book's precision
-    assert variant_config("pyro_tutorial") == tutorial_config()
+    # the reference row is the tutorial's configuration, whatever the book's precision, with
+    # the book's baseline, and the tutorial's CVAE batch stated explicitly
+    assert variant_config("pyro_tutorial") == tutorial_cvae
+    assert tutorial_cvae.cvae_batch == tutorial_config().cvae_batch
     # a given base is kept in every other field
     assert changed_fields(variant_config("gsnn", TINY), TINY) == {"objective": "gsnn"}
     assert variant_config("tutorial", TINY).hidden_1 == 16
@@ -71,19 +75,31 @@ def test_reference_row_resets_the_books_recipe(monkeypatch, bf16):
     # the recipe's fields cover every departure of the book from the tutorial (precision only
     # where bfloat16 is fast), and no field of the baseline, which every row shares
     recipe = set(variants.BOOK_RECIPE_FIELDS)
-    assert set(changed_fields(book, tutorial)) == recipe - ({"precision"} if not bf16 else set())
-    assert not recipe & {"hidden_1", "hidden_2", "batch_size", "baseline_lr", "seed"}
-    assert variant_config("pyro_tutorial") == tutorial
-    assert variant_config("pyro_tutorial", book) == tutorial
+    baseline_changes = {"batch_size"} | ({"baseline_precision"} if bf16 else set())
+    assert set(changed_fields(book, tutorial)) == (
+        recipe - ({"precision"} if not bf16 else set())) | baseline_changes
+    assert not recipe & set(BASELINE_FIELDS)
+    book_baseline = {name: getattr(book, name) for name in BASELINE_FIELDS}
+    # the tutorial's CVAE, on the book's baseline: one baseline for every row
+    expected = tutorial.replace(**book_baseline, cvae_batch_size=128)
+    assert variant_config("pyro_tutorial") == expected
+    assert variant_config("pyro_tutorial", book) == expected
+    assert run_key("baseline", expected, TINY_BUDGET, 1) == run_key("baseline", book,
+                                                                     TINY_BUDGET, 1)
+    # its CVAE is the tutorial's in every field the CVAE's training reads
+    for name in set(recipe) - {"cvae_batch_size"}:
+        assert getattr(expected, name) == getattr(tutorial, name), name
+    assert expected.cvae_batch == tutorial.cvae_batch == 128
     # another base keeps its networks and baseline, and takes the tutorial's training recipe
     base = book.replace(hidden_1=16, z_dim=3, batch_size=32)
     reference = variant_config("pyro_tutorial", base)
-    assert reference == tutorial.replace(hidden_1=16, z_dim=3, batch_size=32)
-    assert reference.cvae_batch == 32
+    assert reference == expected.replace(hidden_1=16, z_dim=3, batch_size=32)
+    assert reference.cvae_batch == 128
     changes = variants_overview(book).loc["pyro_tutorial", "changes"]
     assert changes.startswith("decoder_sees_x=False") and "kl_warmup_epochs=0" in changes
-    assert "cvae_batch_size=None" in changes and "cvae_lr=0.001" in changes
+    assert "cvae_batch_size=128" in changes and "cvae_lr=0.001" in changes
     assert ("precision='fp32'" in changes) == bf16
+    assert "batch_size=128" not in changes.replace("cvae_batch_size", "")
 
 
 def test_unknown_variant_names_the_valid_keys():
