@@ -1,14 +1,17 @@
 """Timing hook for the importance-sampling column of the CLL table.
 
 If `cvae_utils.evaluate` exists and has ``cvae_importance_sampling``, time one call with S=100
-samples per image on the 10,000 test images for one setting (k=1 input quadrant, the default
-config, the default chunk size of the evaluate module), and print seconds, ms per image and the
+samples per image on the 10,000 test images for one setting (k=1 input quadrant, the book's
+config unless ``--config tutorial``, the default chunk size of the evaluate module), and print
+seconds, ms per image and the
 achieved GFLOP/s against an fp32 matmul peak measured in the same run. Otherwise print
 "skipped: evaluate module not available". The CVAE is freshly initialised (not trained): the
 cost does not depend on the weights.
 
 FLOPs per image: the prior and the recognition networks once, the baseline's guess once, the
-decoder S times: 2 * encoder + baseline + S * decoder forward FLOPs (see ``common.flop_counts``).
+decoder S times: 2 * encoder + baseline + S * decoder forward FLOPs (see ``common.flop_counts``);
+with the book's decoder, which reads x, the x columns of its first layer count once per image
+(the decoder computes them once for all samples of a block, and a block holds all S=100).
 
 Example (what the README reports):  python benchmarks/bench_is.py --threads 1
 """
@@ -32,6 +35,9 @@ def parse_args(argv=None):
                         help="images per chunk (default: the evaluate module's)")
     parser.add_argument("--quadrants", type=int, default=1, choices=(1, 2, 3))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--config", choices=("book", "tutorial"), default="book",
+                        help="the book's configuration (decoder reads x and z; default) or the "
+                             "tutorial's (decoder reads z)")
     return parser.parse_args(argv)
 
 
@@ -43,12 +49,12 @@ def main(argv=None):
     except ImportError:
         print("skipped: evaluate module not available")
         return None
-    from cvae_utils.config import CVAEConfig
+    from cvae_utils.config import CVAEConfig, book_config
     from cvae_utils.data import QuadrantData
     from cvae_utils.networks import CVAE, BaselineNet
 
     print(f"# bench_is | {common.describe_machine()}")
-    config = CVAEConfig()
+    config = book_config() if args.config == "book" else CVAEConfig()
     _, _, test_q = common.load_project_data(1, 1, args.quadrants)
     n = min(args.num_images, len(test_q))
     test_q = QuadrantData(test_q.x[:n], test_q.y[:n], test_q.labels[:n], args.quadrants)
@@ -69,11 +75,11 @@ def main(argv=None):
     estimate = cvae_importance_sampling(cvae, test_q, **kwargs)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     flops = common.flop_counts(config)
-    per_image = (2 * flops["encoder_fwd"] + flops["baseline_eval"]
-                 + args.num_samples * flops["decoder_fwd"])
+    per_image = (2 * flops["encoder_fwd"] + flops["baseline_eval"] + flops["decoder_x_part"]
+                 + args.num_samples * (flops["decoder_fwd"] - flops["decoder_x_part"]))
     rate = per_image * n / seconds / 1e9
     crate = common.cpu_rate(per_image * n, cpu_seconds)
-    print(f"importance sampling, S={args.num_samples}, {n} test images, k={args.quadrants}, "
+    print(f"importance sampling ({args.config} config), S={args.num_samples}, {n} test images, k={args.quadrants}, "
           f"chunk {args.chunk_size or 'default'}, {threads} threads: {seconds:.1f} s wall, "
           f"{cpu_seconds:.1f} s CPU ({1e3 * seconds / n:.2f} ms per image)")
     print(f"  {per_image / 1e6:.1f} MFLOP per image -> {rate:.1f} GFLOP/s = "

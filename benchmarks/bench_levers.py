@@ -28,6 +28,13 @@ Levers (select with ``--only``, comma-separated; default all):
   recipe      the time of `book_config()`'s switches: a `train_cvae` epoch without the weight
               average and the closed-form KL, with each, with both; and the per-epoch validation
               pass in float32 vs the training precision (bf16 where fast)
+  baseline    `train_baseline` epochs for batch 128 and 256, float32 and bfloat16 products
+              (``baseline_precision``; the book's: 256 and bf16 where fast), the epochs after
+              the first of a two-epoch run
+  step        the book's CVAE step (`book_config()`, SVI with TraceMeanField_ELBO and
+              `JointAdam`): the weight average updated every step vs every 4th
+              (`cvae_utils.train.AVERAGE_EVERY`), and Pyro's validation checks on vs off (as
+              `train_cvae` runs every epoch after the first), in ms per step
 
 Epoch times are for ``--num-images`` images (default 10,000) and extrapolated to the 50,000-image
 epoch. Variants of one lever run interleaved (A B A B ...), after an untimed warm-up, and the best
@@ -55,7 +62,8 @@ from cvae_utils.networks import CVAE, BaselineNet, masked_bce
 from cvae_utils.train import cvae_loss, train_baseline
 import cvae_utils.train as cvae_train
 
-LEVERS = ("batch", "precompute", "threads", "eval", "pyro", "adam", "compile", "recipe")
+LEVERS = ("batch", "precompute", "threads", "eval", "pyro", "adam", "compile", "recipe",
+          "baseline", "step")
 ROWS = []  # (lever, variant, seconds, median, relative, note)
 
 
@@ -520,6 +528,95 @@ def lever_compile(args, data, baseline, config):
             note = f"first 1024 images incl. cold compilation: {first_t:.1f} s"
         add_row("compile", name, ts, scale, times["Pyro SVI, eager (as is)"], note)
     shutil.rmtree(cache, ignore_errors=True)
+
+
+def lever_baseline(args, data, baseline, config):
+    """`train_baseline` epochs at batch 128 and 256, in float32 and in bfloat16 products."""
+    from cvae_utils.config import book_config, fast_bfloat16
+    from cvae_utils.data import QuadrantData
+
+    train_q, val_q = data
+    scale = common.FULL_EPOCH / len(train_q)
+    header("baseline: train_baseline epochs (256 validation images; s per 50k-image epoch, "
+           "epochs after the first of two-epoch runs)")
+    if not fast_bfloat16():
+        print("  (no fast bfloat16 here: the bf16 rows emulate it and are slower)")
+    val_small = QuadrantData(val_q.x[:256], val_q.y[:256], val_q.labels[:256], 1)
+    book = book_config()
+    configs = {f"batch {batch}, {precision}{' (ref: tutorial)' if (batch, precision) == (128, 'fp32') else ''}"
+               f"{' (book)' if (batch, precision) == (book.batch_size, book.baseline_precision) else ''}":
+               CVAEConfig(batch_size=batch, baseline_precision=precision, patience=3)
+               for batch in (128, 256) for precision in ("fp32", "bf16")}
+    epochs = {name: common.Timings() for name in configs}
+
+    def run(name, cfg):
+        def fn():
+            marks = []  # (wall, CPU) at the end of each epoch, after its validation
+
+            def mark(epoch, module, history):
+                marks.append((time.perf_counter(), time.process_time()))
+
+            train_baseline(train_q, val_small, cfg, 2, device="cpu", progress=False,
+                           callback=mark)
+            epochs[name].append(marks[1][0] - marks[0][0])  # the second epoch
+            epochs[name].cpu.append(marks[1][1] - marks[0][1])
+        return fn
+
+    common.round_robin({name: run(name, cfg) for name, cfg in configs.items()}, args.repeats)
+    ref = next(iter(configs))
+    for name in configs:
+        del epochs[name][0], epochs[name].cpu[0]  # the warm-up run
+        add_row("baseline", name, epochs[name], scale, epochs[ref])
+
+
+def lever_step(args, data, baseline, config):
+    """The book's CVAE step with the weight average every step or every 4th, Pyro's checks on
+    or off; the variants take turns in chunks of 30 steps (each keeps its own parameters)."""
+    from pyro.infer import SVI, TraceMeanField_ELBO
+
+    from cvae_utils.config import book_config
+    from cvae_utils.data import iterate_minibatches
+    from cvae_utils.train import AVERAGE_EVERY, JointAdam, training_precision
+
+    train_q, _ = data
+    book = book_config()
+    x, y = train_q.x, train_q.y
+    batches = list(iterate_minibatches(len(x), book.cvae_batch, torch.Generator().manual_seed(0)))
+    header(f"book's CVAE step (batch {book.cvae_batch}, {book.precision}), ms per step; "
+           f"chunks of 30 steps in turn")
+
+    def make(every, checks):
+        torch.manual_seed(0)
+        cvae = CVAE(baseline, book)
+        optim = JointAdam(book.cvae_lr, book.lr_decay, book.weight_average, every)
+        svi = SVI(cvae.model, cvae.guide, optim, TraceMeanField_ELBO())
+        y_hat = cvae.baseline_guess(x)
+        autocast = training_precision(book, torch.device("cpu"))
+        state, position = {}, [0]
+
+        def run():  # 30 steps on this variant's own parameters
+            store = pyro.get_param_store()
+            if state:
+                store.set_state(state["params"])
+            else:
+                store.clear()
+            with pyro.validation_enabled(checks):
+                for _ in range(30):
+                    idx = batches[position[0] % len(batches)]
+                    position[0] += 1
+                    with autocast:
+                        svi.step(x[idx], y[idx], y_hat[idx])
+            state["params"] = store.get_state()
+        return run
+
+    variants = {"average every step, Pyro checks (ref: session 3)": make(1, True),
+                f"average every {AVERAGE_EVERY}th step": make(AVERAGE_EVERY, True),
+                "Pyro checks off": make(1, False),
+                f"both (train_cvae after its first epoch)": make(AVERAGE_EVERY, False)}
+    times = common.round_robin(variants, max(args.repeats, 5))
+    ref = times["average every step, Pyro checks (ref: session 3)"]
+    for name, ts in times.items():
+        add_row("step", name, ts, 1000 / 30, ref)
 
 
 def main(argv=None):

@@ -247,6 +247,9 @@ def flop_counts(config: CVAEConfig | None = None) -> dict:
         "cvae_eval_with_baseline": cvae_fwd + base_fwd,         # project's cvae_loss recomputes
         "encoder_fwd": enc_fwd,                                 # one encoder, forward
         "decoder_fwd": dec_fwd,                                 # the decoder, forward, per z
+        # with decoder_sees_x, the x columns of its first layer: over samples of z the decoder
+        # computes them once per image (and block of samples), not once per sample
+        "decoder_x_part": 2 * PIXELS * h1 if config.decoder_sees_x else 0,
     }
 
 

@@ -31,6 +31,7 @@ import numbers
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -58,6 +59,7 @@ DEFAULT_ELBO_SAMPLES = 10   # S for the -ELBO row: it is a mean, so few samples 
 # (sample, image) pairs per chunk: the decoder's activations and the masked BCE's temporaries take
 # about 8 tensors of 784 floats per pair, so 8192 pairs stay near 200 MiB whatever S is
 PAIRS_PER_CHUNK = 8192
+NOISE_ROWS_PER_THREAD = 16  # images per thread below which the noise is drawn in one thread
 TABLE_FORMAT = 1            # bump when the table's content or layout changes (invalidates caches)
 
 METHODS = ("neg_elbo", "mc_prior", "importance")
@@ -186,11 +188,23 @@ def standard_normal_noise(num_samples: int, z_dim: int, start: int, stop: int, s
     of an image does not depend on the chunk it falls in, nor on the device, and the global random
     state is untouched.
     """
-    generator = torch.Generator()
     noise = torch.empty(stop - start, num_samples, z_dim, dtype=dtype)  # (n, S, z_dim)
-    for row, index in enumerate(range(start, stop)):
-        generator.manual_seed(_image_seed(seed, index))
-        torch.randn(num_samples, z_dim, generator=generator, dtype=dtype, out=noise[row])
+
+    def fill(rows: range) -> None:
+        generator = torch.Generator()
+        for row in rows:
+            generator.manual_seed(_image_seed(seed, start + row))
+            torch.randn(num_samples, z_dim, generator=generator, dtype=dtype, out=noise[row])
+
+    # one generator draws one image's noise on one core; with several torch threads the images
+    # are shared out between threads (torch releases the GIL while it draws), each row still
+    # from its own seed, so the noise is the same whatever the thread count
+    workers = min(torch.get_num_threads(), (stop - start) // NOISE_ROWS_PER_THREAD)
+    if workers <= 1:
+        fill(range(stop - start))
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fill, [range(w, stop - start, workers) for w in range(workers)]))
     return noise.transpose(0, 1)  # (S, n, z_dim)
 
 

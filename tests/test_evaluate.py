@@ -406,3 +406,24 @@ def test_jointly_trained_baseline_is_not_the_nn_row(mnist, tmp_path, monkeypatch
     frozen = cll_table(config=TINY, **kwargs)
     cell = ("NN baseline", ("1 quadrant", "mean"))
     assert joint.loc[cell] == pytest.approx(frozen.loc[cell], abs=1e-4)
+
+
+def test_noise_is_per_image_and_the_same_whatever_the_thread_count():
+    """Each image's noise comes from its own seeded generator, whether the images are drawn in
+    one thread or shared out between several."""
+    from cvae_utils.evaluate import NOISE_ROWS_PER_THREAD, _image_seed
+
+    n = 4 * NOISE_ROWS_PER_THREAD + 3  # enough images for several threads
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = standard_normal_noise(5, 3, 10, 10 + n, seed=2)
+        torch.set_num_threads(4)
+        several = standard_normal_noise(5, 3, 10, 10 + n, seed=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.shape == (5, n, 3) and torch.equal(one, several)
+    for row in (0, 1, n - 1):  # image 10 + row: its own generator, independent of the chunk
+        expected = torch.randn(5, 3, generator=torch.Generator().manual_seed(_image_seed(2, 10 + row)))
+        assert torch.equal(one[:, row], expected)
+    assert torch.equal(standard_normal_noise(5, 3, 11, 12, seed=2)[:, 0], one[:, 1])

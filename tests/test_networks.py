@@ -159,3 +159,30 @@ def test_networks_return_float32_under_bfloat16_autocast():
     assert hidden.dtype == torch.bfloat16  # autocast is really on
     for t in (prior.base_dist.loc, prior.base_dist.scale, posterior.base_dist.loc, logits, guess):
         assert t.dtype == torch.float32
+
+
+def test_decoder_reading_x_is_one_linear_map_of_z_and_x_with_or_without_samples():
+    """The decoder's first layer on [z, x]: computed on the concatenation for one z per image,
+    and as W_z z + (W_x x + b) over samples of z; both must be the layer applied to [z, x]."""
+    config = SMALL.replace(decoder_sees_x=True)
+    decoder = CVAE(BaselineNet(config), config).generation_net
+    x, _ = masked_batch(n=5)
+    z = torch.randn(3, 5, config.z_dim, generator=torch.Generator().manual_seed(1))
+
+    def reference(z, x):  # the layers applied, one by one, to [z, x]
+        out = torch.cat([z, x.expand(*z.shape[:-1], 784)], dim=-1)
+        for layer in decoder.net:
+            out = layer(out)
+        return out
+
+    with torch.no_grad():
+        torch.testing.assert_close(decoder(z, x), reference(z, x))            # (3, 5, 784)
+        torch.testing.assert_close(decoder(z[0], x), reference(z[0], x))      # (5, 784)
+        torch.testing.assert_close(decoder(z, x)[1], decoder(z[1], x))
+        assert decoder(z, x.reshape(5, 28, 28)).shape == (3, 5, 784)
+    # gradients reach every weight of the first layer through both paths
+    for zz in (z, z[0]):
+        decoder.zero_grad()
+        decoder(zz, x).sum().backward()
+        grad = decoder.net[0].weight.grad
+        assert grad[:, :config.z_dim].abs().sum() > 0 and grad[:, config.z_dim:].abs().sum() > 0
