@@ -35,6 +35,12 @@ Levers (select with ``--only``, comma-separated; default all):
               `JointAdam`): the weight average updated every step vs every 4th
               (`cvae_utils.train.AVERAGE_EVERY`), and Pyro's validation checks on vs off (as
               `train_cvae` runs every epoch after the first), in ms per step
+  sampling    what the estimators and the animation spend outside training: the book's decoder
+              on S=100 samples of z for a chunk of 81 images, through the concatenation [z, x]
+              for every sample vs its first layer split (x's product once per image); the
+              per-image seeded noise of 10,000 images x 100 samples in one thread vs torch's
+              threads; the training animation's frames drawn as new figures vs one figure
+              updated (`animation.training_frames`)
 
 Epoch times are for ``--num-images`` images (default 10,000) and extrapolated to the 50,000-image
 epoch. Variants of one lever run interleaved (A B A B ...), after an untimed warm-up, and the best
@@ -63,7 +69,7 @@ from cvae_utils.train import cvae_loss, train_baseline
 import cvae_utils.train as cvae_train
 
 LEVERS = ("batch", "precompute", "threads", "eval", "pyro", "adam", "compile", "recipe",
-          "baseline", "step")
+          "baseline", "step", "sampling")
 ROWS = []  # (lever, variant, seconds, median, relative, note)
 
 
@@ -617,6 +623,76 @@ def lever_step(args, data, baseline, config):
     ref = times["average every step, Pyro checks (ref: session 3)"]
     for name, ts in times.items():
         add_row("step", name, ts, 1000 / 30, ref)
+
+
+def lever_sampling(args, data, baseline, config):
+    """The decoder over samples of z, the estimators' noise, the animation's frames."""
+    from cvae_utils import animation, plotting
+    from cvae_utils.config import book_config
+    from cvae_utils.evaluate import standard_normal_noise
+    from cvae_utils.train import History
+
+    train_q, val_q = data
+    book = book_config()
+    torch.manual_seed(0)
+    decoder = CVAE(baseline, book).generation_net.eval()
+    num_samples, n = 100, 81
+    x = val_q.x[:n]
+    z = torch.randn(num_samples, n, book.z_dim)
+    header(f"book's decoder on {num_samples} samples of z for {n} images (float32), ms")
+
+    def through_concatenation():  # every sample as its own row: the training path
+        with torch.no_grad():
+            decoder(z.reshape(-1, book.z_dim), x.repeat(num_samples, 1))
+
+    def split():  # samples as a leading dimension: x's product once per image
+        with torch.no_grad():
+            decoder(z, x)
+
+    times = common.round_robin({"[z, x] for every sample (ref)": through_concatenation,
+                                "first layer split (Decoder.forward)": split},
+                               max(args.repeats, 5))
+    for name, ts in times.items():
+        add_row("sampling", name, ts, 1000.0, times["[z, x] for every sample (ref)"])
+
+    header("per-image seeded noise, 10,000 images x 100 samples x z_dim, seconds")
+    threads = torch.get_num_threads()
+
+    def noise(count):
+        def fn():
+            torch.set_num_threads(count)
+            try:
+                standard_normal_noise(num_samples, book.z_dim, 0, 10_000)
+            finally:
+                torch.set_num_threads(threads)
+        return fn
+
+    times = common.round_robin({"one thread (ref)": noise(1), f"{threads} threads": noise(threads)},
+                               max(args.repeats, 3))
+    for name, ts in times.items():
+        add_row("sampling", name, ts, 1.0, times["one thread (ref)"])
+
+    epochs = 20
+    header(f"training animation, {epochs} frames of 8 inputs x 8 samples (dpi 80), seconds")
+    generator = torch.Generator().manual_seed(0)
+    history = History(train_loss=list(range(epochs, 0, -1)), val_loss=list(range(epochs, 0, -1)),
+                      seconds=[1.0] * epochs, best_epoch=epochs,
+                      snapshots=torch.randint(0, 256, (epochs, 8, 8, 784), dtype=torch.uint8,
+                                              generator=generator))
+    inputs_x, inputs_y = val_q.x[:8], val_q.y[:8]
+
+    def new_figures():
+        for epoch in range(1, epochs + 1):
+            plotting.figure_to_array(plotting.plot_training_frame(
+                inputs_x, inputs_y, history.snapshots[epoch - 1], history, epoch, 1))
+
+    times = common.round_robin(
+        {"a new figure per frame (ref)": new_figures,
+         "one figure updated (training_frames)":
+             lambda: animation.training_frames(history, inputs_x, inputs_y, 1)},
+        max(args.repeats, 3))
+    for name, ts in times.items():
+        add_row("sampling", name, ts, 1.0, times["a new figure per frame (ref)"])
 
 
 def main(argv=None):

@@ -25,16 +25,20 @@ def training_frames(history, x, y, num_quadrants: int, dpi: int = 80) -> np.ndar
     ``history``: a CVAE `History` with ``snapshots`` (epochs, n, S, 784); ``x``, ``y``: the n
     recorded inputs and their true outputs, (n, 784) with -1 where a pixel is not theirs.
     """
-    from .plotting import figure_to_array, plot_training_frame
+    from .plotting import figure_to_array, plot_training_frame, update_training_frame
 
     if history.snapshots is None:
         raise ValueError("this history has no snapshots: it is not a CVAE training history")
     snapshots = history.snapshots
     if len(snapshots) != len(history.train_loss):
         raise ValueError(f"{len(snapshots)} snapshots for {len(history.train_loss)} epochs")
-    frames = [figure_to_array(plot_training_frame(x, y, snapshot, history, epoch,
-                                                  num_quadrants, dpi=dpi))
-              for epoch, snapshot in enumerate(snapshots, start=1)]
+    fig, frames = None, []
+    for epoch, snapshot in enumerate(snapshots, start=1):
+        if fig is None:  # one figure, drawn once and updated for every later epoch
+            fig = plot_training_frame(x, y, snapshot, history, epoch, num_quadrants, dpi=dpi)
+        else:
+            update_training_frame(fig, x, y, snapshot, history, epoch, num_quadrants)
+        frames.append(figure_to_array(fig))
     return np.stack(frames)
 
 

@@ -109,19 +109,24 @@ class Decoder(nn.Module):
             nn.Linear(config.hidden_2, NUM_PIXELS),
         )
 
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def features(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer, (..., batch, hidden_2): what the output layer reads."""
+        hidden = self.net[:-1]
         if not self.sees_x:
-            return self.net(z).float()  # (..., batch, 784) logits, float32 under bf16 autocast
+            return hidden(z)
         x = _flat(x)
         if z.dim() == x.dim():  # one z per image (training): one product on [z, x]
-            return self.net(torch.cat([z, x], dim=-1)).float()
+            return hidden(torch.cat([z, x], dim=-1))
         # samples of z, (S, batch, z_dim), for one x each: the first layer's product
         # W [z; x] + b = W_z z + (W_x x + b) computes the x part once per image and
         # broadcasts it over the samples (a third of the decoder's work at S=100)
         first = self.net[0]
         w_z, w_x = first.weight.split([z.shape[-1], NUM_PIXELS], dim=1)
-        hidden = F.linear(z, w_z) + F.linear(x, w_x, first.bias)         # (S, batch, h1)
-        return self.net[1:](hidden).float()
+        return hidden[1:](F.linear(z, w_z) + F.linear(x, w_x, first.bias))
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # (..., batch, 784) logits, float32 under bf16 autocast
+        return self.net[-1](self.features(z, x)).float()
 
 
 class CVAE(nn.Module):

@@ -34,7 +34,7 @@ __all__ = [
     "plot_digits", "plot_quadrant_masks", "plot_quadrant_split",
     "nearest_neighbours", "most_ambiguous", "plot_ambiguity",
     "plot_loss_curves", "Completions", "completions", "baseline_completions", "plot_completions",
-    "plot_training_frame", "plot_graphical_models", "plot_estimator_intuition",
+    "plot_training_frame", "update_training_frame", "plot_graphical_models", "plot_estimator_intuition",
     "method_family", "plot_cll_comparison", "plot_estimator_convergence",
 ]
 
@@ -377,6 +377,22 @@ def plot_completions(panels: Sequence[Completions] | Completions) -> Figure:
 
 
 # ------------------------------------------------------- chapter "Training and its animation"
+def _training_tiles(x, y, snapshot) -> tuple[np.ndarray, int, int]:
+    """The tiles of one animation frame: per row the input, the truth and the S completions."""
+    x, y = _numpy_images(x), _numpy_images(y)
+    snapshot = np.asarray(snapshot.cpu() if isinstance(snapshot, torch.Tensor) else snapshot)
+    n, num_samples = snapshot.shape[:2]
+    samples = snapshot.astype(np.float32).reshape(n, num_samples, SIDE, SIDE) / 255.0
+    tiles = np.concatenate([x[:, None], _complete(x, y)[:, None],
+                            _complete(x[:, None], samples)], axis=1).reshape(-1, SIDE, SIDE)
+    return tiles, n, 2 + num_samples
+
+
+def _frame_title(num_quadrants: int, epoch: int, history) -> str:
+    return (f"CVAE, {num_quadrants} input quadrant{'s' if num_quadrants > 1 else ''}: "
+            f"epoch {epoch} of {len(history.train_loss)}")
+
+
 def plot_training_frame(x, y, snapshot, history, epoch: int, num_quadrants: int,
                         dpi: int = 80) -> Figure:
     """One frame of the training animation: completions after ``epoch`` beside the loss curves.
@@ -384,23 +400,37 @@ def plot_training_frame(x, y, snapshot, history, epoch: int, num_quadrants: int,
     ``x``, ``y``: (n, 784) the recorded test inputs and their true outputs (-1 elsewhere);
     ``snapshot``: (n, S, 784) uint8 completions recorded after ``epoch`` (one slice of
     ``history.snapshots``). Left: per row the input, the truth and the S samples; right: the
-    training and validation losses, a dashed line at ``epoch``.
+    training and validation losses, a dashed line at ``epoch``. `update_training_frame` turns
+    the figure into the frame of another epoch.
     """
-    x, y = _numpy_images(x), _numpy_images(y)
-    snapshot = np.asarray(snapshot.cpu() if isinstance(snapshot, torch.Tensor) else snapshot)
-    n, num_samples = snapshot.shape[:2]
-    samples = snapshot.astype(np.float32).reshape(n, num_samples, SIDE, SIDE) / 255.0
-    tiles = np.concatenate([x[:, None], _complete(x, y)[:, None],
-                            _complete(x[:, None], samples)], axis=1).reshape(-1, SIDE, SIDE)
-    ncols = 2 + num_samples
+    tiles, n, ncols = _training_tiles(x, y, snapshot)
     fig = _new_figure((9.0, 4.6), dpi=dpi)
     left, right = fig.subplots(1, 2, width_ratios=[1.35, 1.0])
-    _show_tiles(left, tiles, n, ncols, col_labels=["input", "truth"] + [f"{i + 1}" for i in range(num_samples)])
+    _show_tiles(left, tiles, n, ncols,
+                col_labels=["input", "truth"] + [f"{i + 1}" for i in range(ncols - 2)])
     _quadrant_boundaries(left, num_quadrants, n, ncols, columns=range(1, ncols))
     _draw_losses(right, history, epoch=epoch, ylabel="-ELBO, nats per image")
     right.legend(fontsize=8, frameon=False, loc="upper right")  # fixed: no jumping legend
-    fig.suptitle(f"CVAE, {num_quadrants} input quadrant{'s' if num_quadrants > 1 else ''}: "
-                 f"epoch {epoch} of {len(history.train_loss)}", fontsize=11)
+    # the artists that change from frame to frame, for update_training_frame
+    fig.frame_artists = {"tiles": left.images[0], "epoch_line": right.lines[-1],
+                         "title": fig.suptitle(_frame_title(num_quadrants, epoch, history),
+                                               fontsize=11)}
+    return fig
+
+
+def update_training_frame(fig: Figure, x, y, snapshot, history, epoch: int,
+                          num_quadrants: int) -> Figure:
+    """Turn a figure of `plot_training_frame` (same inputs, same history) into another epoch's.
+
+    Only the completions, the dashed line and the title change; the axes, the labels and the
+    loss curves are kept, so a frame costs a redraw instead of a new figure (about a third of
+    the time). The result looks exactly like ``plot_training_frame(..., epoch, ...)``.
+    """
+    tiles, n, ncols = _training_tiles(x, y, snapshot)
+    artists = fig.frame_artists
+    artists["tiles"].set_data(tile_images(tiles, n, ncols))
+    artists["epoch_line"].set_xdata([epoch, epoch])
+    artists["title"].set_text(_frame_title(num_quadrants, epoch, history))
     return fig
 
 

@@ -229,16 +229,20 @@ def train_baseline(train: QuadrantData, val: QuadrantData, config: CVAEConfig | 
 
 
 @torch.no_grad()
-def _single_sample_loss(cvae: CVAE, data: QuadrantData, seed: int, gsnn: bool) -> torch.Tensor:
+def _single_sample_loss(cvae: CVAE, data: QuadrantData, seed: int, gsnn: bool,
+                        y_hat: torch.Tensor | None = None) -> torch.Tensor:
     """One reparameterised draw of z per image, with noise fixed by ``seed``; (N,) nats.
 
     The CVAE draws z from q(z|x,y) and adds log q - log p (its single-sample -ELBO); the GSNN
-    draws z from p(z|x) and scores -log p(y|x,z) alone.
+    draws z from p(z|x) and scores -log p(y|x,z) alone. ``y_hat``: the baseline's guesses for
+    ``data.x`` when they are known (computed here otherwise).
     """
     generator = torch.Generator(device=data.x.device).manual_seed(seed)
     losses = []
-    for x, y in zip(data.x.split(EVAL_CHUNK), data.y.split(EVAL_CHUNK)):
-        p = cvae.prior(x)
+    xs, ys = data.x.split(EVAL_CHUNK), data.y.split(EVAL_CHUNK)
+    guesses = [None] * len(xs) if y_hat is None else y_hat.split(EVAL_CHUNK)
+    for x, y, guess in zip(xs, ys, guesses):
+        p = cvae.prior(x, guess)
         q = p if gsnn else cvae.posterior(x, y)
         eps = torch.randn(q.base_dist.loc.shape, generator=generator, device=x.device)
         z = q.base_dist.loc + q.base_dist.scale * eps
@@ -247,18 +251,21 @@ def _single_sample_loss(cvae: CVAE, data: QuadrantData, seed: int, gsnn: bool) -
     return torch.cat(losses)
 
 
-def cvae_loss(cvae: CVAE, data: QuadrantData, seed: int = 0) -> torch.Tensor:
+def cvae_loss(cvae: CVAE, data: QuadrantData, seed: int = 0,
+              y_hat: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image single-sample negative ELBO on a whole split, (N,) nats; fixed noise by ``seed``.
 
     Draws z from q(z|x,y) with the reparameterisation, so that the result matches Pyro's
-    Trace_ELBO with one particle; used for early stopping on the validation split.
+    Trace_ELBO with one particle; used for early stopping on the validation split. ``y_hat``
+    may pass the baseline's guesses for ``data.x`` (N, 784), computed beforehand.
     """
-    return _single_sample_loss(cvae, data, seed, gsnn=False)
+    return _single_sample_loss(cvae, data, seed, gsnn=False, y_hat=y_hat)
 
 
-def gsnn_loss(cvae: CVAE, data: QuadrantData, seed: int = 0) -> torch.Tensor:
+def gsnn_loss(cvae: CVAE, data: QuadrantData, seed: int = 0,
+              y_hat: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image single-sample GSNN loss, -log p(y|x,z) with z ~ p(z|x), (N,) nats; fixed noise."""
-    return _single_sample_loss(cvae, data, seed, gsnn=True)
+    return _single_sample_loss(cvae, data, seed, gsnn=True, y_hat=y_hat)
 
 
 class _KLWeight(Messenger):
@@ -415,12 +422,13 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
     optimizer = JointAdam(config.cvae_lr, config.lr_decay, config.weight_average, AVERAGE_EVERY)
     svi = SVI(kl_weight(cvae.model), guide, optimizer, loss)
     x, y = train.x.to(device), train.y.to(device)
-    y_hat = None  # the guesses of a frozen baseline are computed once, not at every step
-    if config.prior_uses_baseline and not config.joint_baseline:
-        y_hat = torch.empty_like(x)  # (N, 784), filled chunk by chunk: no second copy
-        for chunk, out in zip(x.split(EVAL_CHUNK), y_hat.split(EVAL_CHUNK)):
-            out.copy_(cvae.baseline_guess(chunk))
     val = QuadrantData(val.x.to(device), val.y.to(device), val.labels, val.num_quadrants)
+    y_hat = val_y_hat = None  # a frozen baseline's guesses: computed once, not at every step
+    if config.prior_uses_baseline and not config.joint_baseline:
+        y_hat, val_y_hat = torch.empty_like(x), torch.empty_like(val.x)  # (N, 784) each
+        for inputs, guesses in ((x, y_hat), (val.x, val_y_hat)):
+            for chunk, out in zip(inputs.split(EVAL_CHUNK), guesses.split(EVAL_CHUNK)):
+                out.copy_(cvae.baseline_guess(chunk))  # chunk by chunk: no second copy
     val_metric = gsnn_loss if config.objective == "gsnn" else cvae_loss
     autocast = training_precision(config, device)
     warmup = warmup_epochs(config, max_epochs)
@@ -459,7 +467,7 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
         cvae.eval()
         with optimizer.averaged():  # the averaged weights if config.weight_average
             with autocast:  # the training precision: the pass only ranks the epochs
-                value = val_metric(cvae, val, seed=config.seed).mean().item()
+                value = val_metric(cvae, val, seed=config.seed, y_hat=val_y_hat).mean().item()
             if snapshot_x is not None:
                 with torch.no_grad():
                     prior = cvae.prior(snapshot_x).base_dist

@@ -246,13 +246,25 @@ def test_baseline_ncll_matches_torch_bce():
         assert estimate.num_samples is None
 
 
-def test_cvae_log_likelihood_matches_the_bernoulli_likelihood(tiny_cvae):
+@pytest.mark.parametrize("sees_x", [False, True])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_cvae_log_likelihood_matches_the_bernoulli_likelihood(sees_x, mixed):
+    """The likelihood of the estimators against Pyro's Bernoulli over all 784 pixels, masked:
+    for a chunk with one quadrant split (the output layer then computes the output pixels
+    only) and for a chunk that mixes splits (all pixels, masked)."""
+    config = TINY.replace(decoder_sees_x=sees_x)
+    torch.manual_seed(4)
+    cvae = CVAE(BaselineNet(config), config).eval()
     data = quadrant_data(6, 2)
-    conditional = cvae_conditional(tiny_cvae)(data.x, data.y)
-    z = torch.randn(3, 6, TINY.z_dim)                                    # (S, N, z_dim)
+    x, y = data.x.clone(), data.y.clone()
+    if mixed:  # the last image gets one input quadrant instead of two
+        other = quadrant_data(6, 1)
+        x[-1], y[-1] = other.x[-1], other.y[-1]
+    conditional = cvae_conditional(cvae)(x, y)
+    z = torch.randn(3, 6, config.z_dim)                                  # (S, N, z_dim)
     with torch.no_grad():
-        bernoulli = tiny_cvae.likelihood(data.x, z)                      # over all 784 pixels
-        reference = torch.where(data.y >= 0, bernoulli.log_prob(data.y.clamp(min=0)),
+        bernoulli = cvae.likelihood(x, z)                                # over all 784 pixels
+        reference = torch.where(y >= 0, bernoulli.log_prob(y.clamp(min=0)),
                                 torch.zeros(())).sum(-1)                  # (S, N)
         torch.testing.assert_close(conditional.log_lik(z), reference, rtol=1e-5, atol=1e-3)
 

@@ -272,6 +272,11 @@ def test_training_frames_one_frame_per_epoch(quadrants):
     frames = animation.training_frames(history, q.x[:2], q.y[:2], num_quadrants=1, dpi=40)
     assert frames.shape[0] == 3 and frames.shape[-1] == 3 and frames.dtype == np.uint8
     assert not np.array_equal(frames[0], frames[1])                   # frames differ
+    # each frame, drawn by updating the first epoch's figure, is the one a new figure would show
+    for epoch in (2, 3):
+        fresh = plotting.plot_training_frame(q.x[:2], q.y[:2], history.snapshots[epoch - 1],
+                                             history, epoch, num_quadrants=1, dpi=40)
+        np.testing.assert_array_equal(frames[epoch - 1], plotting.figure_to_array(fresh))
     with pytest.raises(ValueError, match="no snapshots"):
         animation.training_frames(History(train_loss=[1.0], val_loss=[1.0], seconds=[0.1]),
                                   q.x[:2], q.y[:2], 1)
