@@ -549,9 +549,14 @@ def lever_baseline(args, data, baseline, config):
         print("  (no fast bfloat16 here: the bf16 rows emulate it and are slower)")
     val_small = QuadrantData(val_q.x[:256], val_q.y[:256], val_q.labels[:256], 1)
     book = book_config()
-    configs = {f"batch {batch}, {precision}{' (ref: tutorial)' if (batch, precision) == (128, 'fp32') else ''}"
-               f"{' (book)' if (batch, precision) == (book.batch_size, book.baseline_precision) else ''}":
-               CVAEConfig(batch_size=batch, baseline_precision=precision, patience=3)
+
+    def label(batch, precision):
+        notes = {(128, "fp32"): " (ref: tutorial)",
+                 (book.batch_size, book.baseline_precision): " (book)"}
+        return f"batch {batch}, {precision}{notes.get((batch, precision), '')}"
+
+    configs = {label(batch, precision): CVAEConfig(batch_size=batch, baseline_precision=precision,
+                                                   patience=3)
                for batch in (128, 256) for precision in ("fp32", "bf16")}
     epochs = {name: common.Timings() for name in configs}
 
@@ -618,7 +623,7 @@ def lever_step(args, data, baseline, config):
     variants = {"average every step, Pyro checks (ref: session 3)": make(1, True),
                 f"average every {AVERAGE_EVERY}th step": make(AVERAGE_EVERY, True),
                 "Pyro checks off": make(1, False),
-                f"both (train_cvae after its first epoch)": make(AVERAGE_EVERY, False)}
+                "both (train_cvae after its first epoch)": make(AVERAGE_EVERY, False)}
     times = common.round_robin(variants, max(args.repeats, 5))
     ref = times["average every step, Pyro checks (ref: session 3)"]
     for name, ts in times.items():

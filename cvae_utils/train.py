@@ -444,23 +444,23 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
     # support. Those checks cost 5 % of a step; nothing they check changes after the first
     # epoch, so the later epochs run without them, and a loss that is not finite stops the
     # run at once instead (it is what a bad parameter would show)
-    validate = {"on": pyro.distributions.is_validation_enabled()}  # the user's setting
+    checks = pyro.distributions.is_validation_enabled()  # the user's setting
+    current = {"epoch": 0}
 
     def step(idx):
-        with autocast, pyro.validation_enabled(validate["on"]):
+        with autocast, pyro.validation_enabled(checks and current["epoch"] == 1):
             loss = svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])  # summed
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"cvae k={train.num_quadrants}: the training loss became {loss} in epoch "
-                f"{validate['epoch']}; lower the learning rate (cvae_lr={config.cvae_lr}) or "
+                f"{current['epoch']}; lower the learning rate (cvae_lr={config.cvae_lr}) or "
                 f"check the data for NaN")
         return loss
 
     def start_epoch(epoch):
+        current["epoch"] = epoch
         if epoch > 1:
             optimizer.step()  # the learning-rate schedule: one decay per epoch
-            validate["on"] = False
-        validate["epoch"] = epoch
         kl_weight.weight = min(1.0, epoch / (warmup + 1))
 
     def val_loss():
