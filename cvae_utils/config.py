@@ -31,6 +31,8 @@ class CVAEConfig:
     cvae_batch_size: int | None = None  # unless this is set: the CVAE's own batch size)
     patience: int = 3            # epochs without validation improvement before stopping
     cvae_patience: int | None = None  # the CVAE's own patience (None: same as patience)
+    cvae_min_delta: float = 0.0  # nats per image: a smaller fall of the CVAE's validation loss
+    #                              does not reset its patience (0: any fall does)
     seed: int = 0                # seeds weights, shuffling and sampling: same seed, same numbers
     # training refinements beyond the tutorial (off by default)
     kl_warmup_epochs: int = 0    # KL weight rises linearly from 0 to 1 over these epochs
@@ -71,6 +73,11 @@ class CVAEConfig:
         if self.objective not in ("cvae", "gsnn", "hybrid"):
             raise ValueError("CVAEConfig.objective must be 'cvae', 'gsnn' or 'hybrid', "
                              f"got {self.objective!r}")
+        delta = self.cvae_min_delta
+        if (isinstance(delta, bool) or not isinstance(delta, (int, float))
+                or not 0.0 <= delta < float("inf")):
+            raise ValueError("CVAEConfig.cvae_min_delta must be a finite number >= 0 (nats per "
+                             f"image; 0: every improvement counts), got {delta!r}")
         if not (isinstance(self.weight_average, (int, float)) and 0.0 <= self.weight_average < 1.0):
             raise ValueError("CVAEConfig.weight_average must lie in [0, 1) (0: no averaging), "
                              f"got {self.weight_average!r}")
@@ -178,7 +185,14 @@ def book_config() -> CVAEConfig:
     * the KL term in closed form (`TraceMeanField_ELBO`, 65.2 alone) and a moving average of
       the weights, decay 0.999 per step, validated and kept (65.1 alone, 65.0 together);
       averaging removes enough of the gradient noise that a slower decay of the learning rate,
-      0.99 per epoch, now pays: 64.6 (-ELBO 67.0).
+      0.99 per epoch, now pays: 64.6 (-ELBO 67.0);
+    * early stopping counts a fall of the validation loss as an improvement only when it
+      exceeds 0.05 nats per image (`cvae_min_delta`), so training stops once six epochs in a
+      row fail to beat the last counted improvement by that much. With one input quadrant
+      nothing changes (the run still gains more at its 100th epoch); with two it stops after 77
+      epochs instead of 100, with three after 44 instead of 59, their validation losses 0.09
+      and 0.03 nats higher, under the standard errors of the test table (0.1 to 0.2). That
+      saves 38 of 259 epochs, 15 % of the book's CVAE training.
 
     And one change to how the baseline trains (its network and learning rate stay the
     tutorial's): minibatches of 256 with bfloat16 products where the hardware does them. An
@@ -189,8 +203,8 @@ def book_config() -> CVAEConfig:
     fast = "bf16" if fast_bfloat16() else "fp32"
     return CVAEConfig(decoder_sees_x=True, kl_warmup_epochs=10, batch_size=256,
                       baseline_precision=fast, cvae_batch_size=256, cvae_lr=1.5e-3,
-                      lr_decay=0.99, cvae_patience=6, analytic_kl=True, weight_average=0.999,
-                      precision=fast)
+                      lr_decay=0.99, cvae_patience=6, cvae_min_delta=0.05, analytic_kl=True,
+                      weight_average=0.999, precision=fast)
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ def early_stopping_loop(module, config, max_epochs: int, num_train: int,
                          progress: bool | None, callback: Callable | None,
                          start_epoch: Callable | None = None, warmup_epochs: int = 0,
                          batch_size: int | None = None, patience: int | None = None,
-                         state_fn: Callable | None = None) -> History:
+                         state_fn: Callable | None = None, min_delta: float = 0.0) -> History:
     """The loop shared by every model: epochs, validation, patience, best weights kept.
 
     ``config`` is any config with ``seed``, ``batch_size`` and ``patience`` (the arguments
@@ -142,11 +142,17 @@ def early_stopping_loop(module, config, max_epochs: int, num_train: int,
     first ``warmup_epochs`` the validation loss is recorded but patience does not run out.
     ``state_fn()`` returns the weights to keep when an epoch is the best so far (default: a copy
     of ``module.state_dict()``); they are loaded into ``module`` at the end.
+
+    ``min_delta`` (in the units of the validation loss): an epoch resets the patience only if
+    its loss is more than ``min_delta`` below the last epoch that did, so a run whose loss
+    still creeps down by less than that over ``patience`` epochs stops. The weights kept are
+    always those of the lowest validation loss.
     """
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
     history = History()
     best_state, best_val, waited = None, float("inf"), 0
+    reference = float("inf")  # the loss of the last epoch that reset the patience
     shuffle = torch.Generator().manual_seed(config.seed)
     batch_size = batch_size or config.batch_size
     patience = patience or config.patience
@@ -165,9 +171,11 @@ def early_stopping_loop(module, config, max_epochs: int, num_train: int,
             history.val_loss.append(val)
             history.seconds.append(time.perf_counter() - start)
             if val < best_val:
-                best_val, waited, history.best_epoch = val, 0, epoch
+                best_val, history.best_epoch = val, epoch
                 best_state = (state_fn() if state_fn is not None
                               else copy.deepcopy(module.state_dict()))
+            if val < reference - min_delta:
+                reference, waited = val, 0
             elif epoch > warmup_epochs:
                 waited += 1
             bar.set_postfix(epoch=epoch, train=f"{total / num_train:.2f}", val=f"{val:.2f}",
@@ -484,7 +492,8 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
     history = early_stopping_loop(cvae, config, max_epochs, len(train), step, val_loss,
                                    f"cvae k={train.num_quadrants}", progress, callback,
                                    start_epoch, warmup, config.cvae_batch,
-                                   config.cvae_patience_epochs, kept_state)
+                                   config.cvae_patience_epochs, kept_state,
+                                   config.cvae_min_delta)
     if frames:
         history.snapshots = torch.stack(frames)  # (epochs, n, S, 784)
     return cvae.eval(), history

@@ -74,7 +74,8 @@ VARIANT_LABELS: dict[str, str] = {
 # row, as it is (the book also trains the baseline its own way: `batch_size` 256 and
 # `baseline_precision`, fields of the baseline that no row resets)
 BOOK_RECIPE_FIELDS = ("decoder_sees_x", "kl_warmup_epochs", "cvae_batch_size", "cvae_lr",
-                      "lr_decay", "cvae_patience", "precision", "analytic_kl", "weight_average")
+                      "lr_decay", "cvae_patience", "cvae_min_delta", "precision", "analytic_kl",
+                      "weight_average")
 
 # the fields of `CVAEConfig` each variant changes in the base configuration; the reference row,
 # "pyro_tutorial", resets every field of the book's recipe to the tutorial's value, so that

@@ -245,8 +245,8 @@ def test_book_config_departs_from_the_tutorial_in_its_recipe_and_baseline_traini
         book = book_config()
         changed = {name for name, value in book.to_dict().items() if value != tutorial[name]}
         assert changed == {"decoder_sees_x", "kl_warmup_epochs", "cvae_batch_size", "cvae_lr",
-                           "lr_decay", "cvae_patience", "analytic_kl", "weight_average",
-                           "batch_size"} | (
+                           "lr_decay", "cvae_patience", "cvae_min_delta", "analytic_kl",
+                           "weight_average", "batch_size"} | (
                                {"precision", "baseline_precision"} if has_bf16 else set())
         assert book.cvae_patience_epochs == book.cvae_patience != book.patience
         assert book.precision == book.baseline_precision == ("bf16" if has_bf16 else "fp32")
@@ -314,6 +314,58 @@ def test_cvae_patience_overrides_the_shared_patience(tiny_data):
     _, history = train_cvae(train, val, baseline, config.replace(cvae_patience=None),
                             max_epochs=10, device="cpu", progress=False)
     assert history.num_epochs == 2
+
+
+@pytest.mark.parametrize("min_delta, losses, stop, best", [
+    # any fall resets the patience: the run creeps on to the cap
+    (0.0, [10, 9, 8.99, 8.98, 8.97, 8.96, 8.95, 8.94], 8, 8),
+    # falls of 0.01 < 0.05 do not: patience 3 runs out at epoch 5; the kept weights are still
+    # those of the lowest loss, epoch 5's
+    (0.05, [10, 9, 8.99, 8.98, 8.97, 8.96, 8.95, 8.94], 5, 5),
+    # a fall of more than 0.05 below the last reset (9 -> 8.9) resets it again
+    (0.05, [10, 9, 8.99, 8.9, 8.89, 8.88, 8.87, 8.86], 7, 7),
+    # a rise after a small fall: the best epoch is the small fall's, stopped 3 epochs after 9
+    (0.05, [10, 9, 8.98, 9.5, 9.4, 9.3, 9.2, 9.1], 5, 3),
+])
+def test_min_delta_stops_a_run_whose_loss_only_creeps(min_delta, losses, stop, best):
+    from cvae_utils.train import early_stopping_loop
+
+    module = torch.nn.Linear(1, 1, bias=False)  # its weight holds the epoch that trained it
+    epoch = {"now": 0}
+
+    def train_epoch(idx):
+        return 0.0
+
+    def start_epoch(e):
+        epoch["now"] = e
+        with torch.no_grad():
+            module.weight.fill_(e)
+
+    history = early_stopping_loop(module, SMALL, max_epochs=len(losses), num_train=16,
+                                  train_epoch=train_epoch,
+                                  val_loss_fn=lambda: losses[epoch["now"] - 1], desc="test",
+                                  progress=False, callback=None, start_epoch=start_epoch,
+                                  patience=3, min_delta=min_delta)
+    assert history.num_epochs == stop and history.best_epoch == best
+    assert history.best_val_loss == min(losses[:stop])
+    assert module.weight.item() == best  # the weights of the lowest loss were loaded
+
+
+def test_cvae_min_delta_reaches_the_cvae_loop(tiny_data):
+    train, val = quadrant_splits(tiny_data)
+    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    # no fall of the loss can exceed a billion nats: the patience (1) runs out after epoch 2
+    config = SMALL.replace(cvae_patience=1, cvae_min_delta=1e9)
+    _, history = train_cvae(train, val, baseline, config, max_epochs=5, device="cpu",
+                            progress=False)
+    assert history.num_epochs == 2
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), True, "0.05", None])
+def test_cvae_min_delta_is_checked(value):
+    with pytest.raises(ValueError, match="cvae_min_delta must be a finite number >= 0"):
+        CVAEConfig(cvae_min_delta=value)
+    assert CVAEConfig(cvae_min_delta=0).cvae_min_delta == 0
 
 
 def test_kl_warmup_is_capped_at_half_the_run(tiny_data, monkeypatch):
