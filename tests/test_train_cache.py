@@ -354,11 +354,16 @@ def test_min_delta_stops_a_run_whose_loss_only_creeps(min_delta, losses, stop, b
 def test_cvae_min_delta_reaches_the_cvae_loop(tiny_data):
     train, val = quadrant_splits(tiny_data)
     baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
-    # no fall of the loss can exceed a billion nats: the patience (1) runs out after epoch 2
-    config = SMALL.replace(cvae_patience=1, cvae_min_delta=1e9)
-    _, history = train_cvae(train, val, baseline, config, max_epochs=5, device="cpu",
+    config = SMALL.replace(cvae_patience=1)
+    _, falling = train_cvae(train, val, baseline, config, max_epochs=5, device="cpu",
                             progress=False)
-    assert history.num_epochs == 2
+    # without a threshold the falling loss keeps resetting the patience (1) to the cap ...
+    assert falling.num_epochs == 5 and falling.val_loss == sorted(falling.val_loss, reverse=True)
+    # ... with one no fall can exceed (a billion nats), the patience runs out after epoch 2,
+    # on the same losses
+    _, history = train_cvae(train, val, baseline, config.replace(cvae_min_delta=1e9),
+                            max_epochs=5, device="cpu", progress=False)
+    assert history.num_epochs == 2 and history.val_loss == falling.val_loss[:2]
 
 
 @pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), True, "0.05", None])
