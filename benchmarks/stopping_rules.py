@@ -11,10 +11,13 @@ against the best of the whole recorded run; and the epochs of all runs together.
 
 Training is deterministic for a given seed and thread count, so a run with a threshold trains
 exactly the epochs of the recorded run up to the one where it stops: the replay is the run. A
-threshold never stops later than a smaller one (an epoch that is more than ``d`` below the last
-epoch that reset the patience is below every loss since, so it also resets it with any smaller
-threshold), and a replay that would need epochs beyond the recorded ones says so. Nothing is
-trained and nothing is written; the checkpoints are read with ``weights_only=True``.
+run with a threshold never trains longer than the same run without one (an epoch more than
+``d`` below the last epoch that reset the patience is below every loss since, so it also resets
+the patience without a threshold), so a run recorded without a threshold can be replayed with
+any. Between two thresholds above 0 there is no such order: losses of 10, 9.94, 9.89, 9.895,
+9.895 with patience 2 stop after epoch 4 with 0.05 and after epoch 5 with 0.1. A replay that
+would need epochs beyond the recorded ones says so. Nothing is trained and nothing is written;
+the checkpoints are read with ``weights_only=True``.
 
 Example (what benchmarks/README.md reports, on the cache of a paper build made with
 ``bench_book.py --keep DIR`` before the book set ``cvae_min_delta``):
