@@ -10,8 +10,8 @@ tutorial, `classifier`, `diversity` (how often samples change the digit) and `co
 from .cache import trained_baseline, trained_cvae
 from .classifier import classifier_accuracy, trained_classifier
 from .complete import complete_digit, draw_digit_strokes
-from .config import (BUDGETS, Budget, ClassifierConfig, CVAEConfig, book_config, get_budget,
-                     tutorial_config)
+from .config import (BUDGETS, BaselineConfig, Budget, ClassifierConfig, CVAEConfig, book_config,
+                     get_budget, tutorial_config)
 from .data import (MNISTData, MNISTNotFoundError, QuadrantData, Split, input_mask, load_mnist,
                    make_quadrant_data, mask_quadrants)
 from .diversity import diversity_table, find_ambiguous, identity_diversity
@@ -23,7 +23,7 @@ from .train import History, train_baseline, train_cvae
 __version__ = "0.1.0"
 
 __all__ = [
-    "BUDGETS", "Budget", "ClassifierConfig", "CVAEConfig", "book_config", "get_budget",
+    "BUDGETS", "BaselineConfig", "Budget", "ClassifierConfig", "CVAEConfig", "book_config", "get_budget",
     "tutorial_config",
     "MNISTData", "MNISTNotFoundError", "QuadrantData", "Split", "input_mask", "load_mnist",
     "make_quadrant_data", "mask_quadrants",

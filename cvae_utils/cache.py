@@ -1,43 +1,59 @@
 """Cache of trained models, so that chapters share them and a rebuild does not retrain.
 
 Models are saved under ``CVAE_CACHE_DIR`` (default ``~/.cache/cvae_utils/models``), one file per
-run, named by the model, the budget, the quadrant count and a hash of everything that determines the
-run: the relevant config fields, the budget and the quadrant count (and, for the CVAE, the baseline
-it was built on). Files are written atomically (a temporary file renamed into place) and read with
-``torch.load(..., weights_only=True)``. A file that is corrupt, or whose stored key does not match,
-is reported with a warning and the model is trained again.
+model. Its name holds the model's kind, quadrant count and budget, and a hash of its key: a
+dict of everything that determines the trained model, derived, never listed by hand:
+
+- the model's own config (`BaselineConfig` for a baseline; the whole `CVAEConfig`, which holds
+  its baseline's, for a CVAE), with ``precision="auto"`` resolved for this machine;
+- the budget and the quadrant count;
+- a digest of the code that trains it (the modules of `MODEL_CODE`, with docstrings and
+  comments left out, so editing prose retrains nothing) and the versions of torch and Pyro.
+
+So a changed CVAE field retrains the CVAEs and not the baselines, and a changed training loop
+retrains what it trains. Files are written atomically (`cvae_utils.files`) and read with
+``torch.load(..., weights_only=True)``. A file that is unreadable, belongs to another key, or
+whose weights do not match the digest stored with them is reported with a warning and the
+model is trained again.
 
 `trained_baseline` and `trained_cvae` are what the chapters and the command line call.
 """
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib
+import inspect
 import json
 import os
 import warnings
 from pathlib import Path
 
+import pyro
 import torch
 
-from .config import Budget, CVAEConfig, get_budget
+from .config import BaselineConfig, Budget, CVAEConfig, get_budget
 from .data import MNISTData, check_num_quadrants, load_mnist, make_quadrant_data
 from .files import write_atomically
 from .networks import CVAE, BaselineNet
-from .train import History, default_device, train_baseline, train_cvae
+from .speed import resolve_precision
+from .train import History, Snapshots, default_device, train_baseline, train_cvae
 
-__all__ = ["cache_dir", "run_key", "save_checkpoint", "load_checkpoint", "CheckpointError",
-           "trained_baseline", "trained_cvae", "checkpoint_path", "cached_model", "NUM_SNAPSHOT_INPUTS"]
+__all__ = ["cache_dir", "model_key", "key_digest", "code_digest", "MODEL_CODE", "resolved",
+           "save_checkpoint", "load_checkpoint", "CheckpointError", "checkpoint_path",
+           "cached_model", "trained_baseline", "trained_cvae"]
 
-FORMAT_VERSION = 3  # 2: fused Adam (results differ from version 1 in the last digits);
-# 3: the CVAE's weight average every 4 steps, Pyro's checks in its first epoch only
-NUM_SNAPSHOT_INPUTS = 8   # test inputs whose completions are recorded every epoch (animation)
-# the config fields that change a trained baseline (the CVAE-only fields do not)
-BASELINE_FIELDS = ("hidden_1", "hidden_2", "baseline_lr", "batch_size", "patience", "seed",
-                   "baseline_precision")
+# the modules whose code determines each kind of trained model
+MODEL_CODE = {
+    "baseline": ("data", "networks", "speed", "train"),
+    "cvae": ("data", "networks", "optim", "speed", "train"),
+    "classifier": ("classifier", "data", "speed", "train"),
+}
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file is unreadable, incomplete or belongs to another run."""
+    """A checkpoint file is unreadable, incomplete, damaged or belongs to another run."""
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -47,23 +63,59 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path).expanduser()
 
 
-def run_key(kind: str, config, budget: Budget, num_quadrants: int | None = None,
-            **extra) -> dict:
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(*modules: str) -> str:
+    """A hash of the code of the package's ``modules`` (e.g. "train"), without their docstrings
+    and comments: it changes when what the code does may change, not when its prose does."""
+    parts = []
+    for name in sorted(modules):
+        source = inspect.getsource(importlib.import_module(f"{__package__}.{name}"))
+        parts.append(f"{name}:{ast.dump(_strip_docstrings(ast.parse(source)))}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def resolved(config, device=None):
+    """``config`` with ``precision="auto"`` replaced by what this machine uses ("fp32" or
+    "bf16"), in the CVAE's and in its baseline's config; other configs unchanged."""
+    if isinstance(config, CVAEConfig):
+        return config.replace(precision=resolve_precision(config.precision, device),
+                              baseline=resolved(config.baseline, device))
+    if isinstance(config, BaselineConfig):
+        return config.replace(precision=resolve_precision(config.precision, device))
+    return config
+
+
+def model_key(kind: str, config, budget: Budget, num_quadrants: int | None = None,
+              device=None) -> dict:
     """Everything that determines a trained model, as a JSON-ready dict.
 
-    ``config`` is any config with ``to_dict()``; ``num_quadrants`` is left out for models of whole
-    images (the digit classifier).
+    ``kind`` is a key of `MODEL_CODE`; ``config`` the model's own config (a `CVAEConfig` given
+    for a baseline stands for its ``baseline`` field). ``num_quadrants`` is left out for models
+    of whole images (the digit classifier).
     """
-    fields = config.to_dict()
-    if kind == "baseline":
-        fields = {name: fields[name] for name in BASELINE_FIELDS}
-    key = {"format": FORMAT_VERSION, "kind": kind, "config": fields, "budget": budget.to_dict()}
+    if kind not in MODEL_CODE:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_CODE)}")
+    if kind == "baseline" and isinstance(config, CVAEConfig):
+        config = config.baseline
+    key = {"kind": kind, "config": resolved(config, device).to_dict(),
+           "budget": budget.to_dict(), "code": code_digest(*MODEL_CODE[kind]),
+           "versions": {"torch": torch.__version__, "pyro": pyro.__version__}}
     if num_quadrants is not None:
         key["num_quadrants"] = check_num_quadrants(num_quadrants)
-    return {**key, **extra}
+    return key
 
 
-def _digest(key: dict) -> str:
+def key_digest(key: dict) -> str:
+    """The SHA-256 of a key, as hex."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -75,31 +127,58 @@ def _label(key: dict) -> str:
 
 def checkpoint_path(key: dict, directory: str | os.PathLike | None = None) -> Path:
     """Where the model of ``key`` lives in the cache: its label and a hash of the whole key."""
-    return cache_dir(directory) / f"{_label(key)}-{_digest(key)[:16]}.pt"
+    return cache_dir(directory) / f"{_label(key)}-{key_digest(key)[:16]}.pt"
+
+
+def _weights_digest(key_text: str, state_dict: dict) -> str:
+    """SHA-256 of the key and of every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256(key_text.encode())
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, key: dict, state_dict: dict,
                     history: History) -> Path:
-    """Write a checkpoint atomically: a temporary file in the same directory, then a rename."""
-    payload = {"key": json.dumps(key, sort_keys=True),
-               "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-               "history": history.to_dict()}
+    """Write a checkpoint atomically, with a digest of its key and weights."""
+    key_text = json.dumps(key, sort_keys=True)
+    weights = {k: v.detach().cpu() for k, v in state_dict.items()}
+    payload = {"key": key_text, "state_dict": weights, "history": history.to_dict(),
+               "digest": _weights_digest(key_text, weights)}
     return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, key: dict, module: torch.nn.Module) -> History:
-    """Load weights into ``module`` and return the history; raise CheckpointError if unusable."""
+    """Load weights into ``module`` and return the history; raise CheckpointError if unusable.
+
+    The file must hold this key, weights whose digest matches the one stored with them (a
+    changed byte anywhere in them is caught), finite weights, and names and shapes that fit.
+    """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated file, not a torch file, unpicklable content...
         raise CheckpointError(f"{path} is unreadable ({type(error).__name__}: {error})") from error
-    if not isinstance(payload, dict) or not {"key", "state_dict", "history"} <= payload.keys():
-        raise CheckpointError(f"{path} is not a cvae_utils checkpoint (fields missing)")
-    if payload["key"] != json.dumps(key, sort_keys=True):
+    if (not isinstance(payload, dict)
+            or not {"key", "state_dict", "history", "digest"} <= payload.keys()):
+        raise CheckpointError(f"{path} is not a cvae_utils checkpoint of this version "
+                              f"(fields missing)")
+    key_text = json.dumps(key, sort_keys=True)
+    if payload["key"] != key_text:
         raise CheckpointError(f"{path} belongs to another run: stored key {payload['key']} "
-                              f"differs from the expected {json.dumps(key, sort_keys=True)}")
+                              f"differs from the expected {key_text}")
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no weights")
+    if _weights_digest(key_text, state) != payload["digest"]:
+        raise CheckpointError(f"{path} is damaged: its weights do not match the digest saved "
+                              f"with them")
+    bad = [name for name, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise CheckpointError(f"{path} holds weights that are not finite: {', '.join(bad)}")
     try:
-        module.load_state_dict(payload["state_dict"], strict=True)
+        module.load_state_dict(state, strict=True)
         return History.from_dict(payload["history"])
     except Exception as error:  # wrong tensor shapes or names, malformed history
         raise CheckpointError(f"{path} does not fit the model ({error})") from error
@@ -130,53 +209,62 @@ def cached_model(key: dict, directory, module: torch.nn.Module, train_fn, use_ca
     return trained, history
 
 
-def _resolve(config, budget, data):
-    config = config or CVAEConfig()
+def _resolve(config, budget, data, device):
+    config = config if config is not None else CVAEConfig()
     budget = get_budget(budget)
     data = (data if data is not None else load_mnist()).subset(budget)
-    return config, budget, data
+    device = torch.device(device) if device is not None else default_device()
+    return config, budget, data, device
 
 
-def trained_baseline(num_quadrants: int, config: CVAEConfig | None = None,
-                     budget: Budget | str | None = None, data: MNISTData | None = None,
+def trained_baseline(num_quadrants: int, config: CVAEConfig | BaselineConfig | None = None,
+                     budget: Budget | str | None = None, data: MNISTData | None = None, *,
                      device=None, progress: bool | None = None, use_cache: bool = True,
                      cache: str | os.PathLike | None = None) -> tuple[BaselineNet, History]:
-    """The baseline for k input quadrants, from the cache or trained (and cached) now."""
-    config, budget, data = _resolve(config, budget, data)
-    key = run_key("baseline", config, budget, num_quadrants)
-    device = torch.device(device) if device is not None else default_device()
+    """The baseline for k input quadrants, from the cache or trained (and cached) now.
+
+    ``config`` is a `BaselineConfig`, or a `CVAEConfig` whose baseline is meant (default: the
+    book's). ``budget`` defaults to ``CVAE_BUDGET``, ``data`` to `load_mnist()`.
+    """
+    config, budget, data, device = _resolve(config, budget, data, device)
+    if isinstance(config, CVAEConfig):
+        config = config.baseline
+    config = resolved(config, device)
+    key = model_key("baseline", config, budget, num_quadrants, device)
 
     def train():
         return train_baseline(make_quadrant_data(data.train, num_quadrants),
                               make_quadrant_data(data.val, num_quadrants), config,
-                              budget.max_epochs, device, progress)
+                              max_epochs=budget.max_epochs, device=device, progress=progress)
 
     model, history = cached_model(key, cache, BaselineNet(config), train, use_cache, progress)
     return model.to(device).eval(), history
 
 
 def trained_cvae(num_quadrants: int, config: CVAEConfig | None = None,
-                 budget: Budget | str | None = None, data: MNISTData | None = None,
+                 budget: Budget | str | None = None, data: MNISTData | None = None, *,
                  device=None, progress: bool | None = None, use_cache: bool = True,
                  cache: str | os.PathLike | None = None) -> tuple[CVAE, History]:
     """The CVAE for k input quadrants (with its baseline), from the cache or trained now.
 
-    Its history carries ``snapshots``: completions of the first `NUM_SNAPSHOT_INPUTS` test inputs
-    recorded after every epoch with fixed noise (inputs only; they play no part in training).
+    Its history carries ``snapshots``: completions of the first ``config.snapshot_inputs`` test
+    inputs recorded after every epoch with fixed noise (`Snapshots`; inputs only, they play no
+    part in training).
     """
-    config, budget, data = _resolve(config, budget, data)
-    baseline, _ = trained_baseline(num_quadrants, config, budget, data, device, progress,
-                                   use_cache, cache)
-    baseline_key = run_key("baseline", config, budget, num_quadrants)
-    key = run_key("cvae", config, budget, num_quadrants, baseline=_digest(baseline_key))
-    device = torch.device(device) if device is not None else default_device()
+    config, budget, data, device = _resolve(config, budget, data, device)
+    config = resolved(config, device)
+    baseline, _ = trained_baseline(num_quadrants, config.baseline, budget, data, device=device,
+                                   progress=progress, use_cache=use_cache, cache=cache)
+    key = model_key("cvae", config, budget, num_quadrants, device)
 
     def train():
-        snapshot_x = make_quadrant_data(data.test.head(NUM_SNAPSHOT_INPUTS), num_quadrants).x
+        inputs = make_quadrant_data(data.test.head(config.snapshot_inputs), num_quadrants).x
+        snapshots = Snapshots(inputs, config.snapshot_samples, config.z_dim, seed=config.seed)
         return train_cvae(make_quadrant_data(data.train, num_quadrants),
                           make_quadrant_data(data.val, num_quadrants), baseline, config,
-                          budget.max_epochs, device, progress, snapshot_x=snapshot_x)
+                          max_epochs=budget.max_epochs, device=device, progress=progress,
+                          callbacks=[snapshots])
 
-    model, history = cached_model(key, cache, CVAE(BaselineNet(config), config), train, use_cache,
-                             progress)
+    model, history = cached_model(key, cache, CVAE(BaselineNet(config.baseline), config), train,
+                                  use_cache, progress)
     return model.to(device).eval(), history

@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import cached_model, checkpoint_path, run_key
+from .cache import cached_model, checkpoint_path, model_key
 from .config import Budget, ClassifierConfig, get_budget
 from .data import IMAGE_SIZE, MNISTData, Split, load_mnist
-from .networks import NUM_PIXELS
-from .train import EVAL_CHUNK, History, early_stopping_loop, default_device
+from .networks import NUM_PIXELS, device_of
+from .speed import flush_denormals
+from .train import EVAL_CHUNK, History, default_device, fit
 
 __all__ = ["ClassifierConfig", "DigitClassifier", "train_classifier", "trained_classifier",
            "classifier_key", "classifier_path", "classifier_accuracy", "digit_probabilities",
@@ -81,9 +82,9 @@ def _split_loss(model: DigitClassifier, split: Split) -> float:
 
 
 def train_classifier(data: MNISTData, config: ClassifierConfig | None = None,
-                     budget: Budget | str | None = None, device=None,
+                     budget: Budget | str | None = None, *, device=None,
                      progress: bool | None = None,
-                     callback=None) -> tuple[DigitClassifier, History]:
+                     callbacks=()) -> tuple[DigitClassifier, History]:
     """Train the digit classifier on ``data.train`` with early stopping on ``data.val``.
 
     The budget (default: ``CVAE_BUDGET``, else ``paper``) limits the images used and the epochs,
@@ -97,6 +98,7 @@ def train_classifier(data: MNISTData, config: ClassifierConfig | None = None,
     data = data.subset(budget)
     if len(data.train) == 0 or len(data.val) == 0:
         raise ValueError("train_classifier needs at least one training and one validation image")
+    flush_denormals()
     train, val = data.train.to(device), data.val.to(device)
     images = train.images.reshape(len(train), IMAGE_SIZE, IMAGE_SIZE)   # (N, 28, 28)
     fork_devices = [device] if device.type == "cuda" else []
@@ -114,16 +116,18 @@ def train_classifier(data: MNISTData, config: ClassifierConfig | None = None,
             optimizer.step()
             return loss.item()
 
-        def val_loss() -> float:
+        def validate() -> float:
             model.eval()
             value = _split_loss(model, val)
             model.train()
             return value
 
         model.train()
-        history = early_stopping_loop(model, config, min(budget.max_epochs, config.max_epochs),
-                                       len(train), step, val_loss, "digit classifier", progress,
-                                       callback)
+        history = fit(model, step=step, validate=validate, num_train=len(train),
+                      batch_size=config.batch_size,
+                      max_epochs=min(budget.max_epochs, config.max_epochs),
+                      patience=config.patience, seed=config.seed, callbacks=callbacks,
+                      desc="digit classifier", progress=progress)
     return model.eval(), history
 
 
@@ -132,11 +136,11 @@ def classifier_key(config: ClassifierConfig, budget: Budget) -> dict:
 
     It has no quadrant count: the classifier reads whole images (``classifier-<budget>-...``).
     """
-    return run_key("classifier", config, budget)
+    return model_key("classifier", config, budget)
 
 
 def trained_classifier(budget: Budget | str | None = None, data: MNISTData | None = None,
-                       config: ClassifierConfig | None = None, device=None,
+                       config: ClassifierConfig | None = None, *, device=None,
                        progress: bool | None = None, use_cache: bool = True,
                        cache: str | os.PathLike | None = None) -> tuple[DigitClassifier, History]:
     """The digit classifier for a budget, from the model cache or trained (and cached) now.
@@ -150,7 +154,8 @@ def trained_classifier(budget: Budget | str | None = None, data: MNISTData | Non
     data = (data if data is not None else load_mnist()).subset(budget)
     key = classifier_key(config, budget)
     model, history = cached_model(key, cache, DigitClassifier(config),
-                             lambda: train_classifier(data, config, budget, device, progress),
+                             lambda: train_classifier(data, config, budget, device=device,
+                                                      progress=progress),
                              use_cache, progress)
     return model.to(device).eval(), history
 
@@ -159,11 +164,6 @@ def classifier_path(config: ClassifierConfig | None = None, budget: Budget | str
                     cache: str | os.PathLike | None = None) -> Path:
     """Where `trained_classifier` keeps the classifier for this config and budget."""
     return checkpoint_path(classifier_key(config or ClassifierConfig(), get_budget(budget)), cache)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -181,7 +181,7 @@ def digit_probabilities(model: nn.Module, images: torch.Tensor,
         raise ValueError(f"images must be (n, 784) or (n, 28, 28), got {tuple(images.shape)}")
     if len(images) == 0:
         return torch.empty(0, NUM_CLASSES)
-    device = _model_device(model)
+    device = device_of(model)
     was_training = model.training
     model.eval()
     try:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .data import check_num_quadrants, input_mask
-from .networks import NUM_PIXELS
+from .networks import NUM_PIXELS, device_of
 
 if TYPE_CHECKING:  # imported where used: matplotlib is slow to import
     from matplotlib.figure import Figure
@@ -156,10 +156,6 @@ def _pick(models, k: int, name: str):
     return models
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    parameter = next(iter(module.parameters()), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
 
 @torch.no_grad()
 def complete_digit(image, num_quadrants: int | None = None, known_mask=None, *,
@@ -205,11 +201,11 @@ def complete_digit(image, num_quadrants: int | None = None, known_mask=None, *,
     known = torch.from_numpy(mask.reshape(1, NUM_PIXELS))                # (1, 784)
     pixels = torch.from_numpy(array.reshape(1, NUM_PIXELS))              # (1, 784)
     x = torch.where(known, pixels, torch.tensor(-1.0))                   # (1, 784)
-    device = _device_of(cvae_k)
+    device = device_of(cvae_k)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(seed))
         samples = cvae_k.sample(x.to(device), int(num_samples)).cpu()    # (S, 1, 784)
-    guess = baseline_k(x.to(_device_of(baseline_k))).cpu()               # (1, 784)
+    guess = baseline_k(x.to(device_of(baseline_k))).cpu()               # (1, 784)
 
     def fill(prediction: torch.Tensor) -> np.ndarray:  # (..., 784) -> (..., 28, 28)
         filled = torch.where(known, pixels, prediction.float())

@@ -1,112 +1,196 @@
 """Configuration: the one place where sizes, rates and run lengths live.
 
-`CVAEConfig` holds every hyperparameter of the baseline and the CVAE (the chapters on the
-baseline and on the CVAE in Pyro explain each choice). `Budget` says how much data and how many
-epochs a run may use; the environment variable ``CVAE_BUDGET`` picks one of three named budgets
-(``smoke`` for tests and CI, ``quick`` for a laptop, ``paper`` for the full protocol) so that the
-same book builds in minutes or reproduces the paper. Both are frozen dataclasses, so a run is
-described completely by ``(config, budget, num_quadrants)``; the cache hashes exactly that.
+Three frozen dataclasses describe what determines a trained model, and nothing else does:
+
+- `BaselineConfig`: the deterministic MLP of chapter "The baseline";
+- `CVAEConfig`: the conditional VAE of chapter "The CVAE in Pyro", with the `BaselineConfig` of
+  the baseline it is built on as its field ``baseline``;
+- `ClassifierConfig`: the digit classifier that judges the completions (chapter "Variants and
+  beyond the tutorial").
+
+The defaults are the book's recipe: ``CVAEConfig()`` is what the book trains and reports.
+`tutorial_config()` is the configuration of the Pyro tutorial, kept by name for the reference
+row of chapter "Variants of the model"; `DECISIONS.md` gives the measurement behind each default.
+The model cache (`cvae_utils.cache`) derives each model's key from its own config, so changing a
+field retrains exactly the models that read it.
+
+`Budget` says how much data and how many epochs a run may use; the environment variable
+``CVAE_BUDGET`` picks one of three named budgets (``smoke`` for tests and CI, ``quick`` for a
+laptop, ``paper`` for the full protocol). Every value, from the library, the environment or the
+command line, is checked by the same rules here.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
-__all__ = ["CVAEConfig", "ClassifierConfig", "Budget", "BUDGETS", "get_budget", "tutorial_config",
-           "book_config", "fast_bfloat16"]
+__all__ = ["BaselineConfig", "CVAEConfig", "ClassifierConfig", "Budget", "BUDGETS", "get_budget",
+           "parse_budget", "tutorial_config", "book_config", "PRECISIONS"]
+
+PRECISIONS = ("auto", "fp32", "bf16")  # "auto": bf16 where this machine multiplies it fast
 
 
-@dataclass(frozen=True)
-class CVAEConfig:
-    """Hyperparameters of the baseline and the CVAE. Defaults follow the Pyro tutorial."""
+# ------------------------------------------------------------------------------------------------
+# Checks shared by every config
+# ------------------------------------------------------------------------------------------------
 
-    hidden_1: int = 500          # width of the first hidden layer of every MLP
-    hidden_2: int = 500          # width of the second hidden layer of every MLP
-    z_dim: int = 200             # size of the Gaussian latent variable z
-    decoder_sees_x: bool = False  # generation network p(y|x,z) also reads x (tutorial: only z)
-    scale: str = "exp"           # positive scale of the Gaussians: "exp" (tutorial) or "softplus"
-    baseline_lr: float = 1e-3    # Adam learning rate of the baseline MLP
-    cvae_lr: float = 1e-3        # Adam learning rate of the CVAE (Pyro SVI)
-    batch_size: int = 128        # images per gradient step (the baseline's, and the CVAE's
-    cvae_batch_size: int | None = None  # unless this is set: the CVAE's own batch size)
-    patience: int = 3            # epochs without validation improvement before stopping
-    cvae_patience: int | None = None  # the CVAE's own patience (None: same as patience)
-    cvae_min_delta: float = 0.0  # nats per image: a smaller fall of the CVAE's validation loss
-    #                              does not reset its patience (0: any fall does)
-    seed: int = 0                # seeds weights, shuffling and sampling: same seed, same numbers
-    # training refinements beyond the tutorial (off by default)
-    kl_warmup_epochs: int = 0    # KL weight rises linearly from 0 to 1 over these epochs
-    precision: str = "fp32"      # the CVAE's training products: "fp32" or "bf16" (mixed precision)
-    baseline_precision: str = "fp32"  # the same for the baseline's training products
-    lr_decay: float = 1.0        # the CVAE's learning rate is multiplied by this after each epoch
-    analytic_kl: bool = False    # KL(q || p) in closed form (TraceMeanField_ELBO), else sampled
-    weight_average: float = 0.0  # CVAE weights validated and kept: moving average, decay per step
-    # variants of the paper and of the ablations (chapter "Variants")
-    objective: str = "cvae"      # "cvae" (SGVB), "gsnn" (prior network alone), or "hybrid"
-    hybrid_alpha: float = 0.5    # weight of the CVAE term in the hybrid objective
-    prior_uses_baseline: bool = True  # the prior network reads x completed by the baseline's guess
-    joint_baseline: bool = False  # fine-tune the baseline together with the CVAE (else frozen)
+def _fail(owner: str, name: str, rule: str, value) -> None:
+    raise ValueError(f"{owner}.{name} must be {rule}, got {value!r}")
 
-    def __post_init__(self) -> None:
-        for name in ("hidden_1", "hidden_2", "z_dim", "batch_size", "patience",
-                     "kl_warmup_epochs", "seed"):
-            value = getattr(self, name)
-            smallest = 0 if name in ("kl_warmup_epochs", "seed") else 1
-            if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
-                raise ValueError(f"CVAEConfig.{name} must be an int >= {smallest}, got {value!r}")
-        for name, shared in (("cvae_batch_size", "batch_size"), ("cvae_patience", "patience")):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise ValueError(f"CVAEConfig.{name} must be None (same as {shared}) or an "
-                                 f"int >= 1, got {value!r}")
-        for name in ("baseline_lr", "cvae_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"CVAEConfig.{name} must be a positive number, got {value!r}")
-        for name in ("precision", "baseline_precision"):
-            if getattr(self, name) not in ("fp32", "bf16"):
-                raise ValueError(f"CVAEConfig.{name} must be 'fp32' or 'bf16', "
-                                 f"got {getattr(self, name)!r}")
-        if self.scale not in ("exp", "softplus"):
-            raise ValueError(f"CVAEConfig.scale must be 'exp' or 'softplus', got {self.scale!r}")
-        if self.objective not in ("cvae", "gsnn", "hybrid"):
-            raise ValueError("CVAEConfig.objective must be 'cvae', 'gsnn' or 'hybrid', "
-                             f"got {self.objective!r}")
-        delta = self.cvae_min_delta
-        if (isinstance(delta, bool) or not isinstance(delta, (int, float))
-                or not 0.0 <= delta < float("inf")):
-            raise ValueError("CVAEConfig.cvae_min_delta must be a finite number >= 0 (nats per "
-                             f"image; 0: every improvement counts), got {delta!r}")
-        if not (isinstance(self.weight_average, (int, float)) and 0.0 <= self.weight_average < 1.0):
-            raise ValueError("CVAEConfig.weight_average must lie in [0, 1) (0: no averaging), "
-                             f"got {self.weight_average!r}")
-        if not 0.0 <= self.hybrid_alpha <= 1.0:
-            raise ValueError(f"CVAEConfig.hybrid_alpha must lie in [0, 1], got {self.hybrid_alpha}")
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise ValueError(f"CVAEConfig.lr_decay must lie in (0, 1], got {self.lr_decay}")
 
-    @property
-    def cvae_batch(self) -> int:
-        """Images per gradient step of the CVAE."""
-        return self.cvae_batch_size or self.batch_size
+def _int(owner: str, name: str, value, smallest: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < smallest:
+        _fail(owner, name, f"an int >= {smallest}", value)
 
-    @property
-    def cvae_patience_epochs(self) -> int:
-        """Epochs without validation improvement before the CVAE's training stops."""
-        return self.cvae_patience or self.patience
+
+def _number(owner: str, name: str, value, low: float, high: float, *, low_open: bool = False,
+            high_open: bool = False) -> None:
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
+          and math.isfinite(value)
+          and (value > low if low_open else value >= low)
+          and (value < high if high_open else value <= high))
+    if not ok:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        _fail(owner, name, f"a finite number in {left}{low:g}, {high:g}{right}", value)
+
+
+def _flag(owner: str, name: str, value) -> None:
+    if not isinstance(value, bool):
+        _fail(owner, name, "True or False", value)
+
+
+def _choice(owner: str, name: str, value, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        _fail(owner, name, "one of " + ", ".join(repr(c) for c in choices), value)
+
+
+class _Config:
+    """What the three configs share: ``to_dict`` and ``replace``."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def replace(self, **changes) -> "CVAEConfig":
-        """A copy with some fields changed, e.g. ``config.replace(decoder_sees_x=True)``."""
+    def replace(self, **changes):
+        """A copy with some fields changed, e.g. ``config.replace(z_dim=50)``.
+
+        An unknown field name raises a TypeError that lists the valid ones.
+        """
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {', '.join(unknown)}; its "
+                            f"fields are {', '.join(sorted(names))}")
         return replace(self, **changes)
 
 
+# ------------------------------------------------------------------------------------------------
+# The models
+# ------------------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
-class ClassifierConfig:
-    """Hyperparameters of the digit classifier (not of the CVAE: the classifier is only a judge)."""
+class BaselineConfig(_Config):
+    """What determines a trained baseline (chapter "The baseline")."""
+
+    hidden_1: int = 500           # width of the first hidden layer
+    hidden_2: int = 500           # width of the second hidden layer
+    lr: float = 1e-3              # Adam's learning rate
+    batch_size: int = 256         # images per gradient step (the tutorial: 128)
+    patience: int = 3             # epochs without a lower validation loss before stopping
+    precision: str = "auto"       # matrix products of training: "fp32", "bf16" or "auto"
+    seed: int = 0                 # seeds the weights and the shuffling
+
+    def __post_init__(self) -> None:
+        owner = "BaselineConfig"
+        for name in ("hidden_1", "hidden_2", "batch_size", "patience"):
+            _int(owner, name, getattr(self, name), 1)
+        _int(owner, "seed", self.seed, 0)
+        _number(owner, "lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
+        _choice(owner, "precision", self.precision, PRECISIONS)
+
+
+@dataclass(frozen=True)
+class CVAEConfig(_Config):
+    """What determines a trained CVAE (chapter "The CVAE in Pyro"): the book's recipe.
+
+    ``baseline`` is the config of the frozen baseline the CVAE reads; every other field is the
+    CVAE's own, so changing one of them leaves the baseline (and its cache entry) alone.
+    """
+
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    # the networks
+    hidden_1: int = 500           # width of the first hidden layer of the three networks
+    hidden_2: int = 500           # width of their second hidden layer
+    z_dim: int = 200              # size of the Gaussian latent variable z
+    decoder_sees_x: bool = True   # the generation network reads x as well as z (tutorial: z)
+    scale: str = "exp"            # positive scale of the Gaussians: "exp" or "softplus"
+    prior_uses_baseline: bool = True  # the prior reads x completed by the baseline's guess
+    # the objective
+    objective: str = "cvae"       # "cvae" (SGVB), "gsnn" (prior network alone) or "hybrid"
+    hybrid_alpha: float = 0.5     # weight of the CVAE term in the hybrid objective
+    analytic_kl: bool = True      # KL(q || p) in closed form, else from the sampled z
+    kl_warmup_epochs: int = 10    # the KL weight rises linearly to 1 over these epochs ...
+    kl_warmup_max_share: float = 0.5  # ... but over at most this share of the epoch cap
+    joint_baseline: bool = False  # fine-tune the baseline with the CVAE (else frozen)
+    # the optimiser
+    lr: float = 1.5e-3            # Adam's learning rate
+    lr_decay: float = 0.99        # the learning rate is multiplied by this after every epoch
+    batch_size: int = 256         # images per gradient step
+    weight_average: float = 0.999  # moving average of the weights, validated and kept: its
+    #                                decay per step (0: no average, the weights as trained)
+    average_every: int = 4        # steps between two updates of that average
+    precision: str = "auto"       # matrix products of training: "fp32", "bf16" or "auto"
+    # early stopping
+    patience: int = 6             # epochs without a counted improvement before stopping
+    min_delta: float = 0.05       # nats per image: a smaller fall of the validation loss is
+    #                               not counted as an improvement (0: every fall is)
+    # what the run records besides the weights
+    snapshot_inputs: int = 8      # test inputs whose completions are recorded every epoch
+    snapshot_samples: int = 8     # completions per input and epoch (the training animation)
+    seed: int = 0                 # seeds weights, shuffling, sampling and validation noise
+
+    def __post_init__(self) -> None:
+        owner = "CVAEConfig"
+        if not isinstance(self.baseline, BaselineConfig):
+            _fail(owner, "baseline", "a BaselineConfig", self.baseline)
+        for name in ("hidden_1", "hidden_2", "z_dim", "batch_size", "patience",
+                     "average_every", "snapshot_inputs", "snapshot_samples"):
+            _int(owner, name, getattr(self, name), 1)
+        for name in ("kl_warmup_epochs", "seed"):
+            _int(owner, name, getattr(self, name), 0)
+        for name in ("decoder_sees_x", "prior_uses_baseline", "analytic_kl", "joint_baseline"):
+            _flag(owner, name, getattr(self, name))
+        _choice(owner, "scale", self.scale, ("exp", "softplus"))
+        _choice(owner, "objective", self.objective, ("cvae", "gsnn", "hybrid"))
+        _choice(owner, "precision", self.precision, PRECISIONS)
+        _number(owner, "hybrid_alpha", self.hybrid_alpha, 0.0, 1.0)
+        _number(owner, "kl_warmup_max_share", self.kl_warmup_max_share, 0.0, 1.0)
+        _number(owner, "lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
+        _number(owner, "lr_decay", self.lr_decay, 0.0, 1.0, low_open=True)
+        _number(owner, "weight_average", self.weight_average, 0.0, 1.0, high_open=True)
+        _number(owner, "min_delta", self.min_delta, 0.0, math.inf, high_open=True)
+
+    def replace(self, **changes) -> "CVAEConfig":
+        """A copy with some fields changed; ``baseline`` may be a dict of baseline changes.
+
+        ``config.replace(z_dim=50)`` changes the CVAE alone; ``config.replace(baseline={"lr":
+        0.01})`` changes the baseline it is built on (and so the CVAE too).
+        """
+        if isinstance(changes.get("baseline"), dict):
+            changes["baseline"] = self.baseline.replace(**changes["baseline"])
+        return super().replace(**changes)
+
+    def warmup_epochs(self, max_epochs: int) -> int:
+        """Epochs of KL warm-up in a run of at most ``max_epochs``: ``kl_warmup_epochs``, but no
+        more than ``kl_warmup_max_share`` of the run, so that every run ends on the true ELBO
+        (a smoke run of one epoch has none)."""
+        return min(self.kl_warmup_epochs, int(max_epochs * self.kl_warmup_max_share))
+
+
+@dataclass(frozen=True)
+class ClassifierConfig(_Config):
+    """What determines the digit classifier (a judge of completions, not part of the CVAE)."""
 
     hidden: tuple[int, ...] = (512, 256)  # widths of the hidden layers of the MLP
     dropout: float = 0.2          # dropout after every hidden layer, during training only
@@ -118,94 +202,47 @@ class ClassifierConfig:
     seed: int = 0                 # seeds weights, shuffling, dropout and shifts
 
     def __post_init__(self) -> None:
-        hidden = tuple(self.hidden)
-        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+        owner = "ClassifierConfig"
+        hidden = tuple(self.hidden) if isinstance(self.hidden, (tuple, list)) else None
+        if not hidden or any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1
                              for h in hidden):
-            raise ValueError(f"ClassifierConfig.hidden must be positive ints, got {self.hidden!r}")
+            _fail(owner, "hidden", "a non-empty sequence of positive ints", self.hidden)
         object.__setattr__(self, "hidden", hidden)  # a list given by a caller becomes a tuple
         for name in ("batch_size", "patience", "max_epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ClassifierConfig.{name} must be a positive int, got {value!r}")
-        if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) \
+            _int(owner, name, getattr(self, name), 1)
+        _int(owner, "seed", self.seed, 0)
+        if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, numbers.Integral) \
                 or not 0 <= self.max_shift < 14:
-            raise ValueError(f"ClassifierConfig.max_shift must be an int in [0, 13], "
-                             f"got {self.max_shift!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"ClassifierConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.lr > 0:
-            raise ValueError(f"ClassifierConfig.lr must be positive, got {self.lr!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def replace(self, **changes) -> "ClassifierConfig":
-        return replace(self, **changes)
-
-
-def tutorial_config() -> CVAEConfig:
-    """The configuration of the Pyro tutorial, kept as the book's reference row."""
-    return CVAEConfig()
-
-
-def fast_bfloat16() -> bool:
-    """Whether this machine multiplies bfloat16 matrices in hardware (a GPU, or Intel AMX).
-
-    Elsewhere bfloat16 products are emulated and slower than float32, so `book_config` keeps
-    float32 there.
-    """
-    import torch
-
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
-    except Exception:  # an older torch without the query: assume no
-        return False
+            _fail(owner, "max_shift", "an int in [0, 13]", self.max_shift)
+        _number(owner, "dropout", self.dropout, 0.0, 1.0, high_open=True)
+        _number(owner, "lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
 
 
 def book_config() -> CVAEConfig:
-    """The configuration the book trains and reports.
+    """The configuration the book trains and reports: ``CVAEConfig()``, by its name.
 
-    The tutorial's networks, baseline and Adam, with these changes to the CVAE, each measured at
-    the paper budget with one input quadrant (10,000 test images, importance sampling with
-    S=100, nats per image; `benchmarks/README.md` has the commands and the whole table):
-
-    * the generation network reads x as well as z, as in the paper's p(y|x,z). At the quick
-      budget the tutorial's decoder, which reads z alone, loses to the baseline with two and
-      three input quadrants (76.8 against 72.9, 39.2 against 33.3) where this one wins in all
-      three settings; at the paper budget, 68.5;
-    * the KL term is warmed up over 10 epochs (68.5 without, 66.8 over 5 epochs, 66.5 over 10);
-    * the CVAE's matrix products run in bfloat16 where the hardware does them
-      (`fast_bfloat16`): the same quality as float32 in less time;
-    * minibatches of 256 with learning rate 1.5e-3 (67.5: a little worse than 128's 66.5 at
-      the same patience, but an epoch costs 0.66x), and the learning rate multiplied by 0.98
-      after every epoch with a patience of 6 epochs: the run goes on for about 100 epochs and
-      reaches 65.1 (-ELBO 67.6 against 70.1 to 71.4 for the short runs);
-    * the KL term in closed form (`TraceMeanField_ELBO`, 65.2 alone) and a moving average of
-      the weights, decay 0.999 per step, validated and kept (65.1 alone, 65.0 together);
-      averaging removes enough of the gradient noise that a slower decay of the learning rate,
-      0.99 per epoch, now pays: 64.6 (-ELBO 67.0);
-    * early stopping counts a fall of the validation loss as an improvement only when it
-      exceeds 0.05 nats per image (`cvae_min_delta`), so training stops once six epochs in a
-      row fail to beat the last counted improvement by that much. With one input quadrant
-      nothing changes (the run still gains more at its 100th epoch); with two it stops after 77
-      epochs instead of 100, with three after 44 instead of 59, their validation losses 0.09
-      and 0.03 nats higher, under the standard errors of the test table (0.1 to 0.2). That
-      saves 38 of 259 epochs, 15 % of the book's CVAE training.
-
-    And one change to how the baseline trains (its network and learning rate stay the
-    tutorial's): minibatches of 256 with bfloat16 products where the hardware does them. An
-    epoch costs half as much, early stopping lets it run about twice as many epochs, and its
-    exact test loss is as good or better: 100.2 / 62.1 / 25.8 nats for one, two and three
-    input quadrants, against 101.0 / 62.6 / 25.6 with the tutorial's 128 in float32.
+    Every default of `CVAEConfig` and `BaselineConfig` is the book's choice, each measured at
+    the paper budget (`DECISIONS.md` gives the numbers).
     """
-    fast = "bf16" if fast_bfloat16() else "fp32"
-    return CVAEConfig(decoder_sees_x=True, kl_warmup_epochs=10, batch_size=256,
-                      baseline_precision=fast, cvae_batch_size=256, cvae_lr=1.5e-3,
-                      lr_decay=0.99, cvae_patience=6, cvae_min_delta=0.05, analytic_kl=True,
-                      weight_average=0.999, precision=fast)
+    return CVAEConfig()
 
+
+def tutorial_config() -> CVAEConfig:
+    """The configuration of the Pyro tutorial: the reference row of chapter "Variants".
+
+    Its decoder reads z alone; no KL warm-up, sampled KL, minibatches of 128 for both models,
+    learning rate 1e-3 without decay, no weight average, patience 3 with every fall counted,
+    float32 products.
+    """
+    baseline = BaselineConfig(batch_size=128, precision="fp32")
+    return CVAEConfig(baseline=baseline, decoder_sees_x=False, analytic_kl=False,
+                      kl_warmup_epochs=0, lr=1e-3, lr_decay=1.0, batch_size=128,
+                      weight_average=0.0, precision="fp32", patience=3, min_delta=0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Budgets
+# ------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Budget:
@@ -216,6 +253,12 @@ class Budget:
     num_val: int     # validation images for early stopping (at most 10,000)
     num_test: int    # test images for the evaluation table (at most 10,000)
     max_epochs: int  # upper bound on epochs; early stopping usually ends sooner
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            _fail("Budget", "name", "a non-empty str", self.name)
+        for name in ("num_train", "num_val", "num_test", "max_epochs"):
+            _int("Budget", name, getattr(self, name), 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -233,18 +276,27 @@ BUDGETS = {
 DEFAULT_BUDGET = "paper"
 
 
+def parse_budget(value, source: str = "argument") -> Budget:
+    """The `Budget` named by ``value``, by one rule wherever the name comes from.
+
+    The name must be one of `BUDGETS` exactly (lower case, no spaces), whether it comes from an
+    argument, ``CVAE_BUDGET`` or the command line; ``source`` names where it came from in the
+    error message.
+    """
+    if isinstance(value, Budget):
+        return value
+    if not isinstance(value, str) or value not in BUDGETS:
+        hint = ""
+        if isinstance(value, str) and value.strip().lower() in BUDGETS:
+            hint = f" (did you mean {value.strip().lower()!r}? names are lower case, no spaces)"
+        raise ValueError(f"unknown budget {value!r} from the {source}{hint}; choose one of "
+                         f"{', '.join(BUDGETS)}, e.g. CVAE_BUDGET=smoke")
+    return BUDGETS[value]
+
+
 def get_budget(name: str | Budget | None = None) -> Budget:
     """Return the named budget; with no name, the one in ``CVAE_BUDGET`` (default ``paper``)."""
-    if isinstance(name, Budget):
-        return name
-    source = "argument"
     if name is None:
-        name = os.environ.get("CVAE_BUDGET", DEFAULT_BUDGET)
-        source = "environment variable CVAE_BUDGET"
-    key = str(name).strip().lower()
-    if key not in BUDGETS:
-        raise ValueError(
-            f"unknown budget {name!r} (from the {source}); choose one of "
-            f"{', '.join(BUDGETS)}, e.g. CVAE_BUDGET=smoke"
-        )
-    return BUDGETS[key]
+        return parse_budget(os.environ.get("CVAE_BUDGET", DEFAULT_BUDGET),
+                            "environment variable CVAE_BUDGET")
+    return parse_budget(name)

@@ -187,6 +187,11 @@ class QuadrantData:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def to(self, device) -> "QuadrantData":
+        """The same data with x and y on ``device``."""
+        return QuadrantData(self.x.to(device), self.y.to(device), self.labels,
+                            self.num_quadrants)
+
 
 def make_quadrant_data(split: Split, num_quadrants: int) -> QuadrantData:
     """Mask a whole split at once (one vectorized `torch.where`)."""

@@ -40,7 +40,7 @@ from .classifier import NUM_CLASSES, digit_probabilities, predict_digits, traine
 from .config import Budget, CVAEConfig, get_budget
 from .data import (MNISTData, Split, check_num_quadrants, load_mnist, make_quadrant_data,
                    mask_quadrants)
-from .networks import NUM_PIXELS
+from .networks import NUM_PIXELS, device_of
 
 if TYPE_CHECKING:  # imported where used: pandas and matplotlib are slow to import
     import pandas as pd
@@ -142,10 +142,6 @@ class IdentityDiversity:
             "mode_accuracy", "sample_accuracy", "baseline_accuracy", "mean_distinct")}
 
 
-def _device_of(module) -> torch.device:
-    parameter = next(iter(module.parameters()), None) if isinstance(module, nn.Module) else None
-    return parameter.device if parameter is not None else torch.device("cpu")
-
 
 def _check_positive(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -160,7 +156,7 @@ def _completions(cvae, x: torch.Tensor, num_samples: int, seed: int,
 
     Seeded inside `fork_rng`: the caller's global random state is left alone.
     """
-    device = _device_of(cvae)
+    device = device_of(cvae)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in range(0, len(x), chunk_size):
@@ -194,7 +190,7 @@ def identity_diversity(cvae, classifier: nn.Module, split: Split, num_quadrants:
     x = _quadrant_inputs(split, k)                                       # (N, 784)
     sample_classes = torch.empty(len(x), num_samples, dtype=torch.int64)  # (N, S)
     baseline_classes = torch.empty(len(x), dtype=torch.int64)           # (N,)
-    baseline_device = _device_of(baseline)
+    baseline_device = device_of(baseline)
     # closing(): on an error the generator ends at once, restoring the global random state
     with closing(_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
         for start, completed in chunks:

@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from .cache import cache_dir, run_key, trained_baseline, trained_cvae
+from .cache import cache_dir, model_key, trained_baseline, trained_cvae
 from .config import Budget, CVAEConfig, get_budget
 from .data import MNISTData, QuadrantData, check_num_quadrants, load_mnist, make_quadrant_data
 from .files import write_atomically
-from .networks import CVAE, NUM_PIXELS, BaselineNet, masked_bce
+from .networks import CVAE, NUM_PIXELS, BaselineNet, device_of, masked_bce
 from .train import baseline_loss, default_device
 
 __all__ = [
@@ -334,9 +334,6 @@ def estimate_nll(method: str, condition: Callable[[torch.Tensor, torch.Tensor], 
     return Estimate.from_values(name or method, torch.cat(values), num_samples, num_output_pixels)
 
 
-def _device_of(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
 
 def cvae_conditional(cvae: CVAE) -> Callable[[torch.Tensor, torch.Tensor], Conditional]:
     """The CVAE as a `Conditional` per chunk: its prior, recognition network and decoder.
@@ -347,7 +344,7 @@ def cvae_conditional(cvae: CVAE) -> Callable[[torch.Tensor, torch.Tensor], Condi
     logits of those pixels only: the same likelihood, without the work on pixels that the
     mask would drop (half of the output layer with two input quadrants).
     """
-    device = _device_of(cvae)
+    device = device_of(cvae)
     decoder = cvae.generation_net
 
     def condition(x: torch.Tensor, y: torch.Tensor) -> Conditional:
@@ -384,7 +381,7 @@ def _cvae_estimate(method: str, label: str, cvae: CVAE, data: QuadrantData, num_
 def baseline_ncll(baseline: BaselineNet, data: QuadrantData) -> Estimate:
     """The baseline's -log p(y|x): its masked BCE summed over the output pixels, per image."""
     num_output = _check_quadrant_data(data)
-    device = _device_of(baseline)
+    device = device_of(baseline)
     values = baseline_loss(baseline, QuadrantData(data.x.to(device), data.y.to(device),
                                                   data.labels, data.num_quadrants))  # (N,)
     return Estimate.from_values("NN baseline", values, None, num_output)
@@ -434,7 +431,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def _table_key(config: CVAEConfig, budget: Budget, ks: list[int], num_samples: int,
                elbo_samples: int, seed: int) -> dict:
     """Everything the table depends on; the models' own run keys carry the cache's format."""
-    models = {str(k): {kind: run_key(kind, config, budget, k) for kind in ("baseline", "cvae")}
+    models = {str(k): {kind: model_key(kind, config, budget, k) for kind in ("baseline", "cvae")}
               for k in ks}
     return {"format": TABLE_FORMAT, "kind": "cll-table", "config": config.to_dict(),
             "budget": budget.to_dict(), "num_quadrants": ks, "num_samples": num_samples,
@@ -580,10 +577,12 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
         # scores the copy inside the CVAE, the very network whose guesses its prior reads, except
         # when that copy was fine-tuned with the CVAE: then it is a feature of the prior, no longer
         # a prediction of y, and the NN row scores the baseline as trained on its own
-        cvae, _ = trained_cvae(k, config, budget, data, device, progress, use_cache, cache)
+        cvae, _ = trained_cvae(k, config, budget, data, device=device, progress=progress,
+                               use_cache=use_cache, cache=cache)
         test = make_quadrant_data(test_split, k)                         # (num_test, 784) each
-        baseline = (trained_baseline(k, config, budget, data, device, progress, use_cache,
-                                     cache)[0] if config.joint_baseline else cvae.baseline)
+        baseline = (trained_baseline(k, config, budget, data, device=device, progress=progress,
+                                     use_cache=use_cache, cache=cache)[0]
+                    if config.joint_baseline else cvae.baseline)
         nn = baseline_ncll(baseline, test)
         estimates = [nn, cvae_neg_elbo(cvae, test, elbo_samples, seed),
                      cvae_mc_prior(cvae, test, num_samples, seed),

@@ -14,15 +14,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CVAEConfig
+from .config import BaselineConfig, CVAEConfig
 
-__all__ = ["BaselineNet", "Encoder", "Decoder", "CVAE", "masked_bce", "fill_missing", "NUM_PIXELS"]
+__all__ = ["BaselineNet", "Encoder", "Decoder", "CVAE", "masked_bce", "fill_missing", "device_of",
+           "NUM_PIXELS"]
 
 NUM_PIXELS = 784
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], NUM_PIXELS) if t.shape[-2:] == (28, 28) else t
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (the CPU for a module without parameters)."""
+    parameter = next(iter(module.parameters()), None) if isinstance(module, nn.Module) else None
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def fill_missing(x: torch.Tensor, guess: torch.Tensor) -> torch.Tensor:
@@ -53,9 +60,9 @@ def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class BaselineNet(nn.Module):
     """The deterministic baseline: 784-500-500-784 MLP from x to the pixel probabilities of y."""
 
-    def __init__(self, config: CVAEConfig | None = None):
+    def __init__(self, config: BaselineConfig | None = None):
         super().__init__()
-        config = config or CVAEConfig()
+        config = config or BaselineConfig()
         self.net = nn.Sequential(
             nn.Linear(NUM_PIXELS, config.hidden_1), nn.ReLU(),
             nn.Linear(config.hidden_1, config.hidden_2), nn.ReLU(),

@@ -29,7 +29,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Sequence
 
-from .cache import run_key, trained_baseline, trained_cvae
+from .cache import model_key, trained_baseline, trained_cvae
 from .config import BUDGETS, Budget, CVAEConfig, book_config, get_budget, tutorial_config
 from .data import MNISTData, check_num_quadrants, load_mnist, make_quadrant_data
 from . import evaluate
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # imported where used: pandas and matplotlib are slow to impo
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["VARIANTS", "VARIANT_LABELS", "VARIANT_CHANGES", "BOOK_RECIPE_FIELDS", "variant_config",
+__all__ = ["VARIANTS", "VARIANT_LABELS", "VARIANT_CHANGES", "variant_config",
            "variants_overview",
            "variants_budget", "VARIANTS_BUDGET_CAP", "variants_table", "variant_row_label",
            "variant_comparison", "TORCHZQ_ABLATION", "torchzq_ablation", "plot_variants",
@@ -69,22 +69,10 @@ VARIANT_LABELS: dict[str, str] = {
     "no_baseline_prior": "prior without baseline",
 }
 
-# the fields of `CVAEConfig` in which `book_config()`'s CVAE departs from `tutorial_config()`'s:
-# all of them fields of the CVAE alone, so resetting them leaves the baseline, shared by every
-# row, as it is (the book also trains the baseline its own way: `batch_size` 256 and
-# `baseline_precision`, fields of the baseline that no row resets)
-BOOK_RECIPE_FIELDS = ("decoder_sees_x", "kl_warmup_epochs", "cvae_batch_size", "cvae_lr",
-                      "lr_decay", "cvae_patience", "cvae_min_delta", "precision", "analytic_kl",
-                      "weight_average")
-
-# the fields of `CVAEConfig` each variant changes in the base configuration; the reference row,
-# "pyro_tutorial", resets every field of the book's recipe to the tutorial's value, so that
-# `variant_config("pyro_tutorial")` trains the CVAE of `tutorial_config()` on the base's
-# baseline. Its CVAE batch is set explicitly (128): the tutorial's `cvae_batch_size=None` would
-# take the baseline's batch, which the book changes
+# the fields of `CVAEConfig` each variant changes in the base configuration. The reference row,
+# "pyro_tutorial", is not a change of fields: it is `tutorial_config()` itself, built on the
+# base's baseline (the one every row shares), see `variant_config`
 VARIANT_CHANGES: dict[str, dict] = {
-    "pyro_tutorial": {**{name: getattr(tutorial_config(), name) for name in BOOK_RECIPE_FIELDS},
-                      "cvae_batch_size": tutorial_config().cvae_batch},
     "tutorial": {"decoder_sees_x": False},
     "book": {},
     "gsnn": {"objective": "gsnn"},
@@ -106,18 +94,18 @@ def _check_key(key) -> str:
 
 
 def variant_config(name: str, base: CVAEConfig | None = None) -> CVAEConfig:
-    """The configuration of variant ``name`` (a key of `VARIANTS`): ``base`` with its change.
+    """The configuration of variant ``name`` (a key of `VARIANTS`).
 
     ``base`` defaults to `book_config()`, so ``variant_config("book")`` is the book's own
     configuration and every other variant differs from it only in the fields of
-    `VARIANT_CHANGES`. For "pyro_tutorial" those are all the fields of the book's recipe
-    (`BOOK_RECIPE_FIELDS`), set to the tutorial's values (and the CVAE's batch, 128), so
-    ``variant_config("pyro_tutorial")`` trains the CVAE of `tutorial_config()` on the base's
-    baseline; with another ``base`` it keeps that base's networks and baseline.
-    An unknown name raises a ValueError that lists the valid keys.
+    `VARIANT_CHANGES`, except "pyro_tutorial": `tutorial_config()`, built on ``base``'s
+    baseline, so that every row of the table reads the same baseline. An unknown name raises a
+    ValueError that lists the valid keys.
     """
     base = base if base is not None else book_config()
-    return base.replace(**VARIANT_CHANGES[_check_key(name)])
+    if _check_key(name) == "pyro_tutorial":
+        return tutorial_config().replace(baseline=base.baseline)
+    return base.replace(**VARIANT_CHANGES[name])
 
 
 def variants_overview(base: CVAEConfig | None = None) -> "pd.DataFrame":
@@ -126,11 +114,12 @@ def variants_overview(base: CVAEConfig | None = None) -> "pd.DataFrame":
     import pandas as pd
 
     base = base if base is not None else book_config()
+    base_fields = base.to_dict()
     changes = []
     for key in VARIANTS:
         config = variant_config(key, base)
         diff = [f"{name}={value!r}" for name, value in config.to_dict().items()
-                if value != getattr(base, name)]
+                if value != base_fields[name]]
         changes.append(", ".join(diff) or "none")
     return pd.DataFrame({"label": list(VARIANT_LABELS.values()), "changes": changes,
                          "description": list(VARIANTS.values())},
@@ -186,9 +175,9 @@ def _table_key(keys: list[str], base: CVAEConfig, budget: Budget, ks: list[int],
                num_samples: int, estimator: str, seed: int) -> dict:
     """Everything the table depends on; the models' run keys carry the model cache's format."""
     variants = {key: {"config": variant_config(key, base).to_dict(),
-                      "models": {str(k): run_key("cvae", variant_config(key, base), budget, k)
+                      "models": {str(k): model_key("cvae", variant_config(key, base), budget, k)
                                  for k in ks}} for key in keys}
-    baselines = {str(k): run_key("baseline", base, budget, k) for k in ks}
+    baselines = {str(k): model_key("baseline", base, budget, k) for k in ks}
     return {"format": TABLE_FORMAT, "kind": "variants-table", "budget": budget.to_dict(),
             "num_quadrants": ks, "num_samples": num_samples, "estimator": estimator,
             "seed": seed, "variants": variants, "baselines": baselines}
@@ -287,12 +276,13 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
         test = make_quadrant_data(test_split, k)                         # (num_test, 784) each
         # every variant shares this baseline (they differ in no baseline field); the joint
         # variant fine-tunes a copy of it, which is a feature of its prior, not a prediction
-        baseline, _ = trained_baseline(k, base, budget, data, device, progress, use_cache, cache)
+        baseline, _ = trained_baseline(k, base, budget, data, device=device, progress=progress,
+                                       use_cache=use_cache, cache=cache)
         record(BASELINE_ROW, k, baseline_ncll(baseline, test))
         for name, row in zip(keys, rows[1:]):
             start = time.perf_counter()
-            cvae, _ = trained_cvae(k, variant_config(name, base), budget, data, device, progress,
-                                   use_cache, cache)
+            cvae, _ = trained_cvae(k, variant_config(name, base), budget, data, device=device,
+                                   progress=progress, use_cache=use_cache, cache=cache)
             estimate_fn = (cvae_mc_prior if _row_estimator(name, estimator) == "mc_prior"
                            else cvae_importance_sampling)
             record(row, k, estimate_fn(cvae, test, num_samples, seed))
