@@ -10,15 +10,22 @@ import torch
 from pyro import poutine
 
 import cvae_utils.cache as cache_module
-from cvae_utils import (BUDGETS, Budget, CVAEConfig, get_budget, make_quadrant_data,
-                        train_baseline, train_cvae, trained_baseline, trained_cvae)
+from cvae_utils import (BUDGETS, BaselineConfig, Budget, CVAEConfig, get_budget,
+                        make_quadrant_data, train_baseline, train_cvae, trained_baseline,
+                        trained_cvae, tutorial_config)
 from cvae_utils.__main__ import main
-from cvae_utils.cache import (BASELINE_FIELDS, CheckpointError, checkpoint_path, load_checkpoint,
-                              run_key)
+from cvae_utils.cache import CheckpointError, checkpoint_path, load_checkpoint, model_key
 from cvae_utils.networks import CVAE, BaselineNet, masked_bce
-from cvae_utils.train import JointAdam, _KLWeight, baseline_loss
+from cvae_utils.optim import JointAdam, WeightAverage
+from cvae_utils.train import KLWeight, Snapshots, baseline_loss, fit
 
-SMALL = CVAEConfig(hidden_1=32, hidden_2=16, z_dim=4, batch_size=16, patience=2)
+# small networks trained the tutorial's way (float32, no warm-up, no average), so that each
+# test switches on only what it tests
+SMALL = tutorial_config().replace(
+    hidden_1=32, hidden_2=16, z_dim=4, batch_size=16, patience=2,
+    baseline=BaselineConfig(hidden_1=32, hidden_2=16, batch_size=16, patience=2,
+                            precision="fp32"))
+BASE = SMALL.baseline
 TINY = Budget("smoke", num_train=96, num_val=48, num_test=32, max_epochs=3)
 
 
@@ -31,7 +38,7 @@ def test_budgets_from_environment(monkeypatch):
     assert get_budget().name == "paper"
     monkeypatch.setenv("CVAE_BUDGET", "smoke")
     assert get_budget() is BUDGETS["smoke"]
-    assert get_budget("Quick").name == "quick"
+    assert get_budget("quick").name == "quick"
     monkeypatch.setenv("CVAE_BUDGET", "huge")
     with pytest.raises(ValueError, match="CVAE_BUDGET.*smoke, quick, paper|smoke, quick, paper"):
         get_budget()
@@ -41,7 +48,7 @@ def test_budgets_from_environment(monkeypatch):
 
 def test_baseline_training_history_and_best_weights(tiny_data):
     train, val = quadrant_splits(tiny_data)
-    model, history = train_baseline(train, val, SMALL, max_epochs=3, device="cpu",
+    model, history = train_baseline(train, val, BASE, max_epochs=3, device="cpu",
                                     progress=False)
     assert history.num_epochs >= 1 and len(history.val_loss) == len(history.seconds)
     assert history.best_val_loss == min(history.val_loss)
@@ -52,15 +59,15 @@ def test_baseline_training_history_and_best_weights(tiny_data):
 
 def test_early_stopping_respects_patience(tiny_data):
     train, val = quadrant_splits(tiny_data)
-    config = SMALL.replace(patience=1, baseline_lr=0.5)  # absurd rate: validation gets worse
+    config = BASE.replace(patience=1, lr=0.5)  # absurd rate: validation gets worse
     _, history = train_baseline(train, val, config, max_epochs=20, device="cpu", progress=False)
     assert history.num_epochs == history.best_epoch + 1 < 20
 
 
 def test_training_is_reproducible(tiny_data):
     train, val = quadrant_splits(tiny_data)
-    base1, h1 = train_baseline(train, val, SMALL, max_epochs=2, device="cpu", progress=False)
-    base2, h2 = train_baseline(train, val, SMALL, max_epochs=2, device="cpu", progress=False)
+    base1, h1 = train_baseline(train, val, BASE, max_epochs=2, device="cpu", progress=False)
+    base2, h2 = train_baseline(train, val, BASE, max_epochs=2, device="cpu", progress=False)
     assert h1.train_loss == h2.train_loss and h1.val_loss == h2.val_loss
     c1, g1 = train_cvae(train, val, base1, SMALL, max_epochs=2, device="cpu", progress=False)
     c2, g2 = train_cvae(train, val, base2, SMALL, max_epochs=2, device="cpu", progress=False)
@@ -72,11 +79,12 @@ def test_training_is_reproducible(tiny_data):
 
 def test_cvae_training_records_snapshots_and_calls_back(tiny_data):
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
     calls = []
     cvae, history = train_cvae(train, val, baseline, SMALL, max_epochs=2, device="cpu",
-                               progress=False, snapshot_x=train.x[:3], num_snapshot_samples=5,
-                               callback=lambda epoch, model, h: calls.append(epoch))
+                               progress=False,
+                               callbacks=[Snapshots(train.x[:3], 5, SMALL.z_dim),
+                                          lambda epoch, model, h: calls.append(epoch)])
     assert calls == list(range(1, history.num_epochs + 1))
     assert history.snapshots.shape == (history.num_epochs, 3, 5, 784)
     assert history.snapshots.dtype == torch.uint8
@@ -106,14 +114,14 @@ def test_cache_keys_separate_runs(tiny_data, cache_path):
     # a CVAE-only field does not change the baseline, so its file is shared
     trained_baseline(1, SMALL.replace(z_dim=8), TINY, tiny_data, device="cpu")
     assert len(list(cache_path.glob("baseline-*.pt"))) == 2
-    trained_baseline(1, SMALL.replace(seed=3), TINY, tiny_data, device="cpu")
+    trained_baseline(1, SMALL.replace(baseline={"seed": 3}), TINY, tiny_data, device="cpu")
     assert len(list(cache_path.glob("baseline-*.pt"))) == 3
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign_key", "pickle"])
 def test_bad_checkpoints_are_reported_and_retrained(damage, tiny_data, cache_path):
     trained_baseline(1, SMALL, TINY, tiny_data, device="cpu")
-    key = run_key("baseline", SMALL, TINY, 1)
+    key = model_key("baseline", SMALL, TINY, 1)
     path = checkpoint_path(key)
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:1000])
@@ -121,21 +129,22 @@ def test_bad_checkpoints_are_reported_and_retrained(damage, tiny_data, cache_pat
         path.write_bytes(b"not a checkpoint at all")
     elif damage == "foreign_key":  # another run's file under this run's name
         trained_baseline(2, SMALL, TINY, tiny_data, device="cpu")
-        shutil.copy(checkpoint_path(run_key("baseline", SMALL, TINY, 2)), path)
+        shutil.copy(checkpoint_path(model_key("baseline", SMALL, TINY, 2)), path)
     else:  # arbitrary pickled objects are refused by weights_only loading
-        path.write_bytes(pickle.dumps({"key": "x", "state_dict": {}, "history": object()}))
+        path.write_bytes(pickle.dumps({"key": "x", "state_dict": {}, "history": object(),
+                                       "digest": ""}))
     with pytest.raises(CheckpointError):
-        load_checkpoint(path, key, BaselineNet(SMALL))
+        load_checkpoint(path, key, BaselineNet(BASE))
     with pytest.warns(UserWarning, match="bad cached model"):
         model, _ = trained_baseline(1, SMALL, TINY, tiny_data, device="cpu")
-    load_checkpoint(path, key, BaselineNet(SMALL))  # rewritten: loads cleanly now
+    load_checkpoint(path, key, BaselineNet(BASE))  # rewritten: loads cleanly now
 
 
 def test_checkpoint_with_wrong_shapes_is_rejected(tiny_data, cache_path):
     trained_baseline(1, SMALL, TINY, tiny_data, device="cpu")
-    key = run_key("baseline", SMALL, TINY, 1)
+    key = model_key("baseline", SMALL, TINY, 1)
     with pytest.raises(CheckpointError, match="does not fit"):
-        load_checkpoint(checkpoint_path(key), key, BaselineNet(SMALL.replace(hidden_1=40)))
+        load_checkpoint(checkpoint_path(key), key, BaselineNet(BASE.replace(hidden_1=40)))
 
 
 def test_command_line_fills_then_reads_the_cache(mnist_root, tmp_path, capsys):
@@ -158,11 +167,12 @@ def test_command_line_rejects_bad_quadrants(capsys):
 @pytest.mark.parametrize("changes", [
     {"objective": "gsnn"}, {"objective": "hybrid", "hybrid_alpha": 0.3},
     {"joint_baseline": True}, {"prior_uses_baseline": False}, {"decoder_sees_x": True},
-    {"kl_warmup_epochs": 2, "lr_decay": 0.5}, {"precision": "bf16"}])
+    {"kl_warmup_epochs": 2, "lr_decay": 0.5}, {"precision": "bf16"},
+    {"weight_average": 0.9, "average_every": 2}])
 def test_variants_train_and_lower_their_loss(changes, tiny_data):
     train, val = quadrant_splits(tiny_data)
     config = SMALL.replace(**changes, patience=5)
-    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
     frozen = [p.clone() for p in baseline.parameters()]
     cvae, history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu",
                                progress=False)
@@ -177,7 +187,7 @@ def test_variants_train_and_lower_their_loss(changes, tiny_data):
 def test_gsnn_loss_has_no_kl_term(tiny_data):
     """With the prior as guide, Pyro's ELBO is exactly the Monte Carlo likelihood under the prior."""
     train, _ = quadrant_splits(tiny_data)
-    cvae = CVAE(BaselineNet(SMALL), SMALL)
+    cvae = CVAE(BaselineNet(BASE), SMALL)
     x, y = train.x[:8], train.y[:8]
     guide_trace = poutine.trace(cvae.prior_guide).get_trace(x, y)
     model_trace = poutine.trace(poutine.replay(cvae.model, trace=guide_trace)).get_trace(x, y)
@@ -188,9 +198,9 @@ def test_gsnn_loss_has_no_kl_term(tiny_data):
 
 def test_kl_warmup_scales_the_kl_term(tiny_data):
     train, _ = quadrant_splits(tiny_data)
-    cvae = CVAE(BaselineNet(SMALL), SMALL)
+    cvae = CVAE(BaselineNet(BASE), SMALL)
     x, y = train.x[:4], train.y[:4]
-    weight = _KLWeight(0.25)
+    weight = KLWeight(0.25)
     guide_trace = poutine.trace(weight(cvae.guide)).get_trace(x, y)
     model_trace = poutine.trace(poutine.replay(weight(cvae.model), trace=guide_trace)).get_trace(x, y)
     model_trace.compute_log_prob()
@@ -203,7 +213,7 @@ def test_nan_validation_loss_gives_a_clear_error(tiny_data):
     train, val = quadrant_splits(tiny_data)
     val.x[:] = float("nan")  # NaN inputs give NaN predictions
     with pytest.raises(FloatingPointError, match="never finite"):
-        train_baseline(train, val, SMALL, max_epochs=2, device="cpu", progress=False)
+        train_baseline(train, val, BASE, max_epochs=2, device="cpu", progress=False)
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
@@ -213,7 +223,7 @@ def test_pyro_checks_the_first_cvae_epoch_and_a_non_finite_loss_stops_training(t
     import pyro.distributions as dist
 
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
     seen, model = [], CVAE.model
 
     def recording_model(self, *args, **kwargs):
@@ -223,7 +233,7 @@ def test_pyro_checks_the_first_cvae_epoch_and_a_non_finite_loss_stops_training(t
     monkeypatch.setattr(CVAE, "model", recording_model)
     config = SMALL.replace(patience=10)
     train_cvae(train, val, baseline, config, max_epochs=3, device="cpu", progress=False)
-    steps = -(-len(train) // config.cvae_batch)
+    steps = -(-len(train) // config.batch_size)
     assert seen == [True] * steps + [False] * 2 * steps  # Pyro's checks in the first epoch only
     assert dist.is_validation_enabled()                  # and the user's setting restored
     # without the checks (the later epochs, or validation switched off), a NaN loss stops the run
@@ -235,32 +245,22 @@ def test_pyro_checks_the_first_cvae_epoch_and_a_non_finite_loss_stops_training(t
         train_cvae(train, val, baseline, config, max_epochs=2, device="cpu", progress=False)
 
 
-def test_book_config_departs_from_the_tutorial_in_its_recipe_and_baseline_training(monkeypatch):
-    import cvae_utils.config as config_module
-    from cvae_utils import book_config, tutorial_config
+def test_book_config_is_the_default_and_departs_from_the_tutorial_in_its_recipe():
+    from cvae_utils import book_config
 
-    tutorial = tutorial_config().to_dict()
-    for has_bf16 in (True, False):
-        monkeypatch.setattr(config_module, "fast_bfloat16", lambda: has_bf16)
-        book = book_config()
-        changed = {name for name, value in book.to_dict().items() if value != tutorial[name]}
-        assert changed == {"decoder_sees_x", "kl_warmup_epochs", "cvae_batch_size", "cvae_lr",
-                           "lr_decay", "cvae_patience", "cvae_min_delta", "analytic_kl",
-                           "weight_average", "batch_size"} | (
-                               {"precision", "baseline_precision"} if has_bf16 else set())
-        assert book.cvae_patience_epochs == book.cvae_patience != book.patience
-        assert book.precision == book.baseline_precision == ("bf16" if has_bf16 else "fp32")
-        assert book.cvae_batch == book.cvae_batch_size == book.batch_size == 256
-        # the baseline's own fields: its training (batch, precision), not its network or rate
-        assert changed & set(BASELINE_FIELDS) == {"batch_size"} | (
-            {"baseline_precision"} if has_bf16 else set())
-    with pytest.raises(ValueError, match="baseline_precision must be 'fp32' or 'bf16'"):
-        CVAEConfig(baseline_precision="fp16")
+    assert book_config() == CVAEConfig()
+    book, tutorial = CVAEConfig().to_dict(), tutorial_config().to_dict()
+    changed = {name for name in book if book[name] != tutorial[name]}
+    assert changed == {"baseline", "decoder_sees_x", "analytic_kl", "kl_warmup_epochs", "lr",
+                       "lr_decay", "batch_size", "weight_average", "precision", "patience",
+                       "min_delta"}
+    # the baseline's own training (batch, precision), not its network or its rate
+    base, tutorial_base = book["baseline"], tutorial["baseline"]
+    assert {n for n in base if base[n] != tutorial_base[n]} == {"batch_size", "precision"}
+    assert tutorial_config().precision == tutorial_config().baseline.precision == "fp32"
 
 
 def test_baseline_precision_selects_the_baselines_autocast(monkeypatch, tiny_data):
-    import cvae_utils.train as train_module
-
     dtypes = []
     logits = BaselineNet.logits
 
@@ -271,17 +271,15 @@ def test_baseline_precision_selects_the_baselines_autocast(monkeypatch, tiny_dat
 
     monkeypatch.setattr(BaselineNet, "logits", recording)
     train, val = quadrant_splits(tiny_data)
-    config = SMALL.replace(baseline_precision="bf16", patience=5)
+    config = BASE.replace(precision="bf16", patience=5)
     train_baseline(train, val, config, max_epochs=1, device="cpu", progress=False)
     assert set(dtypes) == {(True, torch.bfloat16)}  # training steps and validation pass
     dtypes.clear()
-    train_baseline(train, val, config.replace(baseline_precision="fp32", precision="bf16"),
-                   max_epochs=1, device="cpu", progress=False)
-    assert set(dtypes) == {(False, torch.float32)}  # the CVAE's precision is not the baseline's
-    with pytest.raises(ValueError, match="model must be"):
-        train_module.training_precision(config, torch.device("cpu"), "classifier")
+    train_baseline(train, val, config.replace(precision="fp32"), max_epochs=1, device="cpu",
+                   progress=False)
+    assert set(dtypes) == {(False, torch.float32)}
     # a different baseline precision is a different baseline in the cache
-    assert run_key("baseline", config, TINY, 1) != run_key("baseline", SMALL, TINY, 1)
+    assert model_key("baseline", config, TINY, 1) != model_key("baseline", BASE, TINY, 1)
 
 
 def test_cvae_and_baseline_use_their_own_batch_sizes(tiny_data, monkeypatch):
@@ -296,22 +294,24 @@ def test_cvae_and_baseline_use_their_own_batch_sizes(tiny_data, monkeypatch):
 
     monkeypatch.setattr(train_module, "iterate_minibatches", recording)
     train, val = quadrant_splits(tiny_data)
-    config = SMALL.replace(batch_size=8, cvae_batch_size=32)
-    baseline, _ = train_baseline(train, val, config, max_epochs=1, device="cpu", progress=False)
+    config = SMALL.replace(batch_size=32, baseline={"batch_size": 8})
+    baseline, _ = train_baseline(train, val, config.baseline, max_epochs=1, device="cpu",
+                                 progress=False)
     assert seen == [8]
     train_cvae(train, val, baseline, config, max_epochs=1, device="cpu", progress=False)
     assert seen == [8, 32]
 
 
-def test_cvae_patience_overrides_the_shared_patience(tiny_data):
+def test_cvae_patience_is_its_own(tiny_data):
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE.replace(patience=1), max_epochs=1,
+                                 device="cpu", progress=False)
     # a learning rate of ~0 never improves the validation loss after the first epoch
-    config = SMALL.replace(cvae_lr=1e-12, patience=1, cvae_patience=3)
+    config = SMALL.replace(lr=1e-12, patience=3)
     _, history = train_cvae(train, val, baseline, config, max_epochs=10, device="cpu",
                             progress=False)
     assert history.num_epochs == 4 and history.best_epoch == 1
-    _, history = train_cvae(train, val, baseline, config.replace(cvae_patience=None),
+    _, history = train_cvae(train, val, baseline, config.replace(patience=1),
                             max_epochs=10, device="cpu", progress=False)
     assert history.num_epochs == 2
 
@@ -328,88 +328,84 @@ def test_cvae_patience_overrides_the_shared_patience(tiny_data):
     (0.05, [10, 9, 8.98, 9.5, 9.4, 9.3, 9.2, 9.1], 5, 3),
 ])
 def test_min_delta_stops_a_run_whose_loss_only_creeps(min_delta, losses, stop, best):
-    from cvae_utils.train import early_stopping_loop
-
     module = torch.nn.Linear(1, 1, bias=False)  # its weight holds the epoch that trained it
-    epoch = {"now": 0}
-
-    def train_epoch(idx):
-        return 0.0
+    epoch = 0
 
     def start_epoch(e):
-        epoch["now"] = e
+        nonlocal epoch
+        epoch = e
         with torch.no_grad():
             module.weight.fill_(e)
 
-    history = early_stopping_loop(module, SMALL, max_epochs=len(losses), num_train=16,
-                                  train_epoch=train_epoch,
-                                  val_loss_fn=lambda: losses[epoch["now"] - 1], desc="test",
-                                  progress=False, callback=None, start_epoch=start_epoch,
-                                  patience=3, min_delta=min_delta)
+    history = fit(module, step=lambda idx: 0.0, validate=lambda: losses[epoch - 1],
+                  num_train=16, batch_size=16, max_epochs=len(losses), patience=3, seed=0,
+                  min_delta=min_delta, start_epoch=start_epoch, progress=False)
     assert history.num_epochs == stop and history.best_epoch == best
     assert history.best_val_loss == min(losses[:stop])
     assert module.weight.item() == best  # the weights of the lowest loss were loaded
 
 
-def test_cvae_min_delta_reaches_the_cvae_loop(tiny_data):
+def test_fit_takes_keyword_arguments_only():
+    with pytest.raises(TypeError):
+        fit(torch.nn.Linear(1, 1), lambda idx: 0.0, lambda: 1.0, 16, 16, 1, 1, 0)
+
+
+def test_min_delta_reaches_the_cvae_loop(tiny_data):
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
-    config = SMALL.replace(cvae_patience=1)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
+    config = SMALL.replace(patience=1)
     _, falling = train_cvae(train, val, baseline, config, max_epochs=5, device="cpu",
                             progress=False)
     # without a threshold the falling loss keeps resetting the patience (1) to the cap ...
     assert falling.num_epochs == 5 and falling.val_loss == sorted(falling.val_loss, reverse=True)
     # ... with one no fall can exceed (a billion nats), the patience runs out after epoch 2,
     # on the same losses
-    _, history = train_cvae(train, val, baseline, config.replace(cvae_min_delta=1e9),
+    _, history = train_cvae(train, val, baseline, config.replace(min_delta=1e9),
                             max_epochs=5, device="cpu", progress=False)
     assert history.num_epochs == 2 and history.val_loss == falling.val_loss[:2]
 
 
-@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), True, "0.05", None])
-def test_cvae_min_delta_is_checked(value):
-    with pytest.raises(ValueError, match="cvae_min_delta must be a finite number >= 0"):
-        CVAEConfig(cvae_min_delta=value)
-    assert CVAEConfig(cvae_min_delta=0).cvae_min_delta == 0
-
-
-def test_kl_warmup_is_capped_at_half_the_run(tiny_data, monkeypatch):
+def test_kl_warmup_is_capped_at_a_share_of_the_run(tiny_data, monkeypatch):
     import cvae_utils.train as train_module
 
-    assert train_module.warmup_epochs(SMALL.replace(kl_warmup_epochs=10), 100) == 10
-    assert train_module.warmup_epochs(SMALL.replace(kl_warmup_epochs=10), 8) == 4
-    assert train_module.warmup_epochs(SMALL.replace(kl_warmup_epochs=10), 1) == 0
+    assert SMALL.replace(kl_warmup_epochs=10).warmup_epochs(100) == 10
+    assert SMALL.replace(kl_warmup_epochs=10).warmup_epochs(8) == 4
+    assert SMALL.replace(kl_warmup_epochs=10).warmup_epochs(1) == 0
+    assert SMALL.replace(kl_warmup_epochs=10, kl_warmup_max_share=0.25).warmup_epochs(8) == 2
     seen = []
 
-    class Recording(train_module._KLWeight):
+    class Recording(train_module.KLWeight):
         def _process_message(self, msg):
             if msg["type"] == "sample" and msg["name"] == "z":
                 seen.append(round(self.weight, 6))
             super()._process_message(msg)
 
-    monkeypatch.setattr(train_module, "_KLWeight", Recording)
+    monkeypatch.setattr(train_module, "KLWeight", Recording)
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
     # one step per epoch, four epochs: a warm-up of 10 is cut to 2, then the full weight
-    config = SMALL.replace(kl_warmup_epochs=10, cvae_batch_size=len(train), patience=10)
+    config = SMALL.replace(kl_warmup_epochs=10, batch_size=len(train), patience=10)
     train_cvae(train, val, baseline, config, max_epochs=4, device="cpu", progress=False)
     assert list(dict.fromkeys(seen)) == [round(1 / 3, 6), round(2 / 3, 6), 1.0]
 
 
-def test_importing_the_package_flushes_denormals_in_every_thread():
-    """Run in a fresh interpreter: the threads of torch's pool must inherit the flush mode."""
+def test_flush_denormals_reaches_every_thread_of_torchs_pool():
+    """In a fresh interpreter whose pool already computed: the explicit call reaches its
+    threads, and so does training, which calls it."""
     import subprocess
     import sys
 
-    code = ("import torch, cvae_utils\n"
+    code = ("import torch\n"
             "torch.set_num_threads(2)\n"
             "x = torch.full((4_000_000,), 1e-39)  # denormal float32, split over both threads\n"
-            "print(cvae_utils.train.FLUSHING_DENORMALS, int((x * 1.0).count_nonzero()))\n")
+            "before = int((x * 1.0).count_nonzero())  # the pool runs before any flushing\n"
+            "from cvae_utils.speed import flush_denormals\n"
+            "print(flush_denormals(), before, int((x * 1.0).count_nonzero()))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    supported, nonzero = out.stdout.split()
+    supported, before, after = out.stdout.split()
     if supported != "True":
         pytest.skip("this CPU cannot flush denormals")
-    assert nonzero == "0"
+    assert before == "4000000" and after == "0"
 
 
 def test_joint_adam_matches_pyros_per_parameter_adam_and_decays(tiny_data, monkeypatch):
@@ -419,23 +415,20 @@ def test_joint_adam_matches_pyros_per_parameter_adam_and_decays(tiny_data, monke
     import cvae_utils.train as train_module
 
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
     config = SMALL.replace(lr_decay=0.5, patience=10)
     joint, joint_history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu",
                                       progress=False)
     lrs = []
 
-    def pyro_exponential_lr(lr, gamma, average, average_every):  # the reference: Pyro's
-        # per-tensor Adams
+    def pyro_exponential_lr(lr, gamma):  # the reference: Pyro's per-tensor Adams
         optim = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam,
                                           "optim_args": {"lr": lr, "fused": True}, "gamma": gamma})
-        step = optim.step
 
-        def recording_step(*args, **kwargs):
-            step(*args, **kwargs)
+        def decay_lr():
+            optim.step()
             lrs.append({s.optimizer.param_groups[0]["lr"] for s in optim.optim_objs.values()})
-        optim.step = recording_step
-        optim.averaged = contextlib.nullcontext  # no averaging (config.weight_average is 0)
+        optim.decay_lr = decay_lr
         return optim
 
     monkeypatch.setattr(train_module, "JointAdam", pyro_exponential_lr)
@@ -444,7 +437,7 @@ def test_joint_adam_matches_pyros_per_parameter_adam_and_decays(tiny_data, monke
     assert joint_history.val_loss == ref_history.val_loss
     for (name, a), (_, b) in zip(joint.state_dict().items(), ref.state_dict().items()):
         assert torch.equal(a, b), name
-    assert lrs == [{config.cvae_lr * 0.5}, {config.cvae_lr * 0.25}]
+    assert lrs == [{config.lr * 0.5}, {config.lr * 0.25}]
 
     # its own learning rate follows the same schedule; a later parameter joins the optimizer
     optim = JointAdam(1e-2, gamma=0.5)
@@ -452,7 +445,7 @@ def test_joint_adam_matches_pyros_per_parameter_adam_and_decays(tiny_data, monke
     a.grad = torch.ones(3)
     optim([a])
     assert a.grad is None and torch.all(a < 1)
-    optim.step()
+    optim.decay_lr()
     b = pyro.param("joint_adam_b", torch.ones(2))
     b.grad, a.grad = torch.ones(2), torch.ones(3)
     optim([a, b])
@@ -472,8 +465,8 @@ def test_analytic_kl_loss_is_likelihood_plus_closed_form_kl(tiny_data, weight):
     train, _ = quadrant_splits(tiny_data)
     x, y = train.x[:8], train.y[:8]
     torch.manual_seed(0)
-    cvae = CVAE(BaselineNet(config), config)
-    kl_weight = train_module._KLWeight(weight)
+    cvae = CVAE(BaselineNet(config.baseline), config)
+    kl_weight = KLWeight(weight)
     guide, elbo = train_module._objective(cvae, config, kl_weight)
     assert type(elbo).__name__ == "TraceMeanField_ELBO"
     pyro.set_rng_seed(3)
@@ -494,28 +487,26 @@ def test_analytic_kl_loss_is_likelihood_plus_closed_form_kl(tiny_data, weight):
 
 @pytest.mark.parametrize("every", [1, 3])
 def test_weight_average_follows_its_recursion_and_swaps_in_and_out(every):
-    import pyro
-
-    optim = JointAdam(0.1, average=0.9, average_every=every)
-    w = pyro.param(f"weight_average_w{every}", torch.zeros(4))
-    expected, updates = w.detach().clone(), 0
+    w = torch.zeros(4)
+    average = WeightAverage([w], decay=0.9, every=every)
+    expected, updates = w.clone(), 0
     for t in range(1, 41):
-        w.grad = torch.full((4,), float(t % 3) - 1.0)
-        optim([w])
+        w += float(t % 3) - 1.0 + 0.1 * t  # a step of the optimiser
+        average.update()
         if t % every == 0:  # the documented recursion, applied every `every` steps
             decay = min(0.9, t / (t + 9)) ** every
-            expected = decay * expected + (1 - decay) * w.detach()
+            expected = decay * expected + (1 - decay) * w
             updates += 1
     assert updates == 40 // every
-    current = w.detach().clone()
-    with optim.averaged():
-        assert torch.allclose(w, expected, atol=1e-6)
+    current = w.clone()
+    with average.swapped_in():
+        assert torch.allclose(w, expected, atol=1e-5)
         assert not torch.allclose(w, current)
     assert torch.equal(w, current)  # restored after the block
-    with pytest.raises(ValueError, match="average"):
-        JointAdam(0.1, average=1.0)
-    with pytest.raises(ValueError, match="average_every"):
-        JointAdam(0.1, average=0.9, average_every=0)
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage([w], decay=1.0)
+    with pytest.raises(ValueError, match="every"):
+        WeightAverage([w], decay=0.9, every=0)
     with pytest.raises(ValueError, match="weight_average"):
         CVAEConfig(weight_average=-0.1)
 
@@ -524,7 +515,7 @@ def test_training_keeps_the_averaged_weights_it_validated(tiny_data):
     from cvae_utils.train import cvae_loss
 
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, SMALL, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
     config = SMALL.replace(weight_average=0.9, patience=10)
     averaged, history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu",
                                    progress=False)
