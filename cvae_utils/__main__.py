@@ -9,9 +9,13 @@ import argparse
 import sys
 import time
 
+import torch
+
 from .cache import cache_dir, trained_cvae
 from .config import BUDGETS, book_config, get_budget, tutorial_config
 from .data import data_root, load_mnist
+from .speed import explain_precision
+from .train import default_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,15 +35,21 @@ def main(argv: list[str] | None = None) -> int:
                        help="train the Pyro tutorial's configuration instead of the book's")
     args = parser.parse_args(argv)
 
-    budget = get_budget(args.budget)
+    try:
+        budget = get_budget(args.budget)
+        device = torch.device(args.device) if args.device else default_device()
+    except (ValueError, RuntimeError) as error:  # a bad CVAE_BUDGET, or --device cpux
+        parser.error(str(error))
+    config = tutorial_config() if args.tutorial else book_config()
     print(f"budget {budget.name}: {budget.num_train} training / {budget.num_val} validation "
           f"images, up to {budget.max_epochs} epochs", flush=True)
     print(f"data root {data_root(args.data_dir)}; cache {cache_dir(args.cache_dir)}", flush=True)
+    print(f"precision of the CVAE's training: {explain_precision(config.precision, device)}",
+          flush=True)
     data = load_mnist(args.data_dir)
     for k in args.quadrants:
         start = time.perf_counter()
-        config = tutorial_config() if args.tutorial else book_config()
-        _, history = trained_cvae(k, config, budget, data, device=args.device, progress=True,
+        _, history = trained_cvae(k, config, budget, data, device=device, progress=True,
                                   use_cache=not args.retrain, cache=args.cache_dir)
         print(f"k={k}: CVAE best validation -ELBO {history.best_val_loss:.2f} nats at epoch "
               f"{history.best_epoch} ({time.perf_counter() - start:.1f} s)", flush=True)

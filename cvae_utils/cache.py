@@ -35,7 +35,7 @@ import torch
 
 from .config import BaselineConfig, Budget, CVAEConfig, get_budget
 from .data import MNISTData, check_num_quadrants, load_mnist, make_quadrant_data
-from .files import write_atomically
+from .files import check_writable, write_atomically
 from .networks import CVAE, BaselineNet
 from .speed import resolve_precision
 from .train import History, Snapshots, default_device, train_baseline, train_cvae
@@ -179,9 +179,13 @@ def load_checkpoint(path: str | os.PathLike, key: dict, module: torch.nn.Module)
         raise CheckpointError(f"{path} holds weights that are not finite: {', '.join(bad)}")
     try:
         module.load_state_dict(state, strict=True)
-        return History.from_dict(payload["history"])
+        history = History.from_dict(payload["history"])
     except Exception as error:  # wrong tensor shapes or names, malformed history
         raise CheckpointError(f"{path} does not fit the model ({error})") from error
+    for part in module.modules():  # the CVAE and the baseline inside it know their layout
+        if hasattr(type(part), "num_quadrants"):
+            part.num_quadrants = key.get("num_quadrants")
+    return history
 
 
 def cached_model(key: dict, directory, module: torch.nn.Module, train_fn, use_cache: bool = True,
@@ -192,6 +196,8 @@ def cached_model(key: dict, directory, module: torch.nn.Module, train_fn, use_ca
     replaced by a fresh training run.
     """
     path = checkpoint_path(key, directory)
+    if use_cache:  # before any training: a cache that cannot take the result fails now
+        check_writable(path.parent, "model cache")
     if use_cache and path.exists():
         try:
             history = load_checkpoint(path, key, module)

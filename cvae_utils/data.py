@@ -4,14 +4,21 @@ Everything here works on whole-dataset tensors: images are one float tensor in [
 (N, 28, 28), masking is a `torch.where` with a (28, 28) boolean mask, and batches are slices of a
 tensor under a seeded per-epoch shuffle. There are no per-sample transforms and no DataLoader.
 
-The data root is ``CVAE_DATA_DIR`` if set, else ``~/.cache/cvae_utils/data``. torchvision's
-`MNIST` looks for the four official files in ``<root>/MNIST/raw/``; when the ``.gz`` files are there
-it checks their MD5 sums and extracts them without touching the network.
+The data root is ``CVAE_DATA_DIR`` if set, else ``~/.cache/cvae_utils/data``; the four official
+files live in ``<root>/MNIST/raw/``. Every load checks what it reads: each extracted file against
+the SHA-256 of the official content (`MNIST_SHA256`), each ``.gz`` against the official MD5
+(`MNIST_MD5`) before it is extracted. A damaged extracted file is extracted again from its
+verified ``.gz``; a damaged or missing ``.gz`` is an error that names the file and the fix. Only
+missing files are downloaded (by torchvision, MD5-checked).
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
 import numbers
 import os
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +28,8 @@ import torch
 __all__ = [
     "MNIST_FILES", "MNISTNotFoundError", "Split", "MNISTData", "QuadrantData", "data_root",
     "load_mnist", "check_num_quadrants", "input_mask", "mask_quadrants", "make_quadrant_data",
-    "iterate_minibatches", "VALIDATION_SEED",
+    "iterate_minibatches", "VALIDATION_SEED", "MNIST_MD5", "MNIST_SHA256", "MNISTDataError",
+    "check_quadrant_data",
 ]
 
 MNIST_FILES = (
@@ -30,6 +38,19 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 )
+# the official checksums: MD5 of each .gz file (as torchvision lists them), SHA-256 of its content
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
 NUM_VAL = 10_000        # validation images held out of the 60,000 training images
 VALIDATION_SEED = 2015  # fixes which 10,000 images are validation, whatever the config's seed
 IMAGE_SIZE = 28
@@ -38,6 +59,10 @@ HALF = IMAGE_SIZE // 2
 
 class MNISTNotFoundError(FileNotFoundError):
     """The MNIST files are not in the data root and could not be downloaded."""
+
+
+class MNISTDataError(ValueError):
+    """An MNIST file in the data root is damaged (its checksum is not the official one)."""
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -83,18 +108,76 @@ def _to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).div_(255.0)  # (N, 28, 28) in [0, 1]
 
 
+def _digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _extract(gz: Path, target: Path) -> None:
+    """Decompress a verified ``.gz`` next to ``target``, then rename it into place."""
+    from .files import write_atomically
+
+    def write(tmp: Path) -> None:
+        with gzip.open(gz, "rb") as source, open(tmp, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 22)
+
+    write_atomically(target, write)
+
+
+def _verified_raw(raw: Path, name: str, how_to_fix: str) -> Path:
+    """The extracted file ``name`` in ``raw``, checked against `MNIST_SHA256` (extracted again
+    from its ``.gz``, itself checked against `MNIST_MD5`, when missing or damaged)."""
+    target, gz = raw / name, raw / f"{name}.gz"
+    if target.exists():
+        if _digest(target, "sha256") == MNIST_SHA256[name]:
+            return target
+        if not gz.exists():
+            raise MNISTDataError(f"{target} is damaged (its SHA-256 is not the official one) and "
+                                 f"{gz.name} is not there to extract it again. Delete {target} "
+                                 f"and put the official {gz.name} in {raw}. {how_to_fix}")
+        warnings.warn(f"{target} is damaged (its SHA-256 is not the official one): extracting it "
+                      f"again from {gz.name}", stacklevel=3)
+    if _digest(gz, "md5") != MNIST_MD5[gz.name]:
+        raise MNISTDataError(f"{gz} is damaged (its MD5 is not the official "
+                             f"{MNIST_MD5[gz.name]}). Delete it and put the official file there "
+                             f"again, or delete it and let torchvision download it. {how_to_fix}")
+    _extract(gz, target)
+    if _digest(target, "sha256") != MNIST_SHA256[name]:  # a verified .gz cannot give this
+        raise MNISTDataError(f"{target} extracted from {gz.name} is not the official content; "
+                             f"delete both and download them again. {how_to_fix}")
+    return target
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """An IDX file of unsigned bytes (MNIST's format) as a uint8 tensor of its shape."""
+    import numpy as np
+
+    data = path.read_bytes()
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise MNISTDataError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise MNISTDataError(f"{path} holds {array.size} values, its header says {shape}")
+    return torch.from_numpy(array.reshape(shape).copy())
+
+
 def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> MNISTData:
     """Load MNIST from the data root and split it into train / validation / test.
 
     ``download=False`` forbids any network access: the files must already be in the root.
+    Every file read is checked against the official checksums (see the module docstring).
 
     The 60,000 official training images are split by a permutation with a fixed seed
     (`VALIDATION_SEED`) into 50,000 for training and 10,000 for validation; the official 10,000
     test images are kept whole for the final numbers. Raises `MNISTNotFoundError`, naming the
-    directory and the four files, when they are absent and cannot be downloaded.
+    directory and the four files, when they are absent and cannot be downloaded, and
+    `MNISTDataError`, naming the file, when one is damaged.
     """
-    from torchvision.datasets import MNIST  # imported here: torchvision is slow to import
-
     root = data_root(root)
     raw = root / "MNIST" / "raw"
     missing = [name for name in MNIST_FILES
@@ -105,23 +188,27 @@ def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> 
     if missing and not download:
         raise MNISTNotFoundError(f"MNIST files missing in {raw}: {', '.join(missing)}.\n"
                                  f"{how_to_fix}")
-    try:
-        # with the .gz files present, torchvision checks their MD5 sums and extracts them
-        # without any network access; only missing files are downloaded
-        train = MNIST(str(root), train=True, download=True)
-        test = MNIST(str(root), train=False, download=True)
-    except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
-        raise MNISTNotFoundError(
-            f"could not load MNIST from {raw} ({type(error).__name__}: {error}).\n"
-            f"Missing there: {', '.join(missing) or 'none (a file may be corrupt)'}.\n{how_to_fix}"
-        ) from error
-    images, labels = train.data, train.targets.to(torch.int64)  # uint8: index before converting
+    if missing:
+        from torchvision.datasets import MNIST  # imported here: torchvision is slow to import
+
+        try:  # downloads the missing files only, each checked against its MD5
+            MNIST(str(root), train=True, download=True)
+            MNIST(str(root), train=False, download=True)
+        except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
+            raise MNISTNotFoundError(
+                f"could not download MNIST into {raw} ({type(error).__name__}: {error}).\n"
+                f"Missing there: {', '.join(missing)}.\n{how_to_fix}") from error
+    files = {name[:-3]: _read_idx(_verified_raw(raw, name[:-3], how_to_fix))
+             for name in MNIST_FILES}
+    images = files["train-images-idx3-ubyte"]               # (60000, 28, 28) uint8
+    labels = files["train-labels-idx1-ubyte"].to(torch.int64)
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(VALIDATION_SEED))
     train_idx, val_idx = order[:-NUM_VAL], order[-NUM_VAL:]
     return MNISTData(
         train=Split(_to_float(images[train_idx]), labels[train_idx]),
         val=Split(_to_float(images[val_idx]), labels[val_idx]),
-        test=Split(_to_float(test.data), test.targets.to(torch.int64)),
+        test=Split(_to_float(files["t10k-images-idx3-ubyte"]),
+                   files["t10k-labels-idx1-ubyte"].to(torch.int64)),
     )
 
 
@@ -154,10 +241,17 @@ def input_mask(num_quadrants: int, device=None) -> torch.Tensor:
 def mask_quadrants(images: torch.Tensor, num_quadrants: int):
     """Split images into input x and output y for k input quadrants.
 
-    ``images``: (N, 28, 28) or (N, 784) in [0, 1]. Returns ``(x, y, x_mask, y_mask)``: x holds the
-    input pixels and -1 elsewhere, y the output pixels and -1 elsewhere (same shape as
+    ``images``: (N, 28, 28) or (N, 784) floats in [0, 1]. Returns ``(x, y, x_mask, y_mask)``: x
+    holds the input pixels and -1 elsewhere, y the output pixels and -1 elsewhere (same shape as
     ``images``); the masks are boolean, shaped like one image, and partition it.
     """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}; for a "
+                        f"numpy array use torch.from_numpy(array).float() (divided by 255 if "
+                        f"it holds bytes)")
+    if not images.is_floating_point():
+        raise TypeError(f"images must hold floats in [0, 1], got dtype {images.dtype}; for "
+                        f"bytes 0-255 use images.float() / 255")
     if images.dim() != 3 and images.dim() != 2:
         raise ValueError(f"images must be (N, 28, 28) or (N, 784), got shape {tuple(images.shape)}")
     x_mask = input_mask(num_quadrants, device=images.device)
@@ -191,6 +285,45 @@ class QuadrantData:
         """The same data with x and y on ``device``."""
         return QuadrantData(self.x.to(device), self.y.to(device), self.labels,
                             self.num_quadrants)
+
+
+def check_quadrant_data(x: torch.Tensor, y: torch.Tensor | None, num_quadrants: int,
+                        what: str = "data") -> None:
+    """Check that x (and y) are what the models of k input quadrants read, or raise a
+    ValueError that says what is wrong and how to build them.
+
+    x and y: (N, 784) float32 tensors; x holds values in [0, 1] exactly on the input pixels of
+    the k-quadrant layout (`input_mask`) and -1 elsewhere, y the same on the output pixels.
+    """
+    k = check_num_quadrants(num_quadrants)
+    how = "build x and y with cvae_utils.make_quadrant_data(split, k)"
+    for name, tensor, expected in (("x", x, input_mask(k)), ("y", y, ~input_mask(k))):
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{what}: {name} must be a torch.Tensor, got "
+                            f"{type(tensor).__name__}; {how}")
+        if tensor.dim() != 2 or tensor.shape[1] != IMAGE_SIZE * IMAGE_SIZE or len(tensor) == 0:
+            raise ValueError(f"{what}: {name} must be (N, 784) with N >= 1, got "
+                             f"{tuple(tensor.shape)}; {how}")
+        if tensor.dtype != torch.float32:
+            raise TypeError(f"{what}: {name} must be float32, got {tensor.dtype}; use "
+                            f"{name}.float()")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{what}: {name} holds NaN or infinite values")
+        present = tensor >= 0
+        if not ((tensor == -1) | (present & (tensor <= 1))).all():
+            raise ValueError(f"{what}: {name} must hold pixels in [0, 1] and -1 where absent, "
+                             f"got values in [{tensor.min().item():g}, {tensor.max().item():g}]"
+                             f" (images in 0-255 must be divided by 255)")
+        layout = expected.reshape(-1).to(tensor.device)
+        if not (present == layout).all():
+            rows = (present != layout).any(dim=1).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"{what}: the pixels present in {name} do not follow the "
+                             f"{k}-quadrant layout (rows {rows}...); a model for {k} input "
+                             f"quadrant(s) reads only data masked that way: {how}")
+    if x is not None and y is not None and x.shape[0] != y.shape[0]:
+        raise ValueError(f"{what}: x has {x.shape[0]} images, y {y.shape[0]}")
 
 
 def make_quadrant_data(split: Split, num_quadrants: int) -> QuadrantData:

@@ -58,7 +58,13 @@ def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class BaselineNet(nn.Module):
-    """The deterministic baseline: 784-500-500-784 MLP from x to the pixel probabilities of y."""
+    """The deterministic baseline: 784-500-500-784 MLP from x to the pixel probabilities of y.
+
+    ``num_quadrants`` records the layout it was trained for (set by training and by the
+    cache; None for a model built by hand), so that functions given data can check it fits.
+    """
+
+    num_quadrants: int | None = None
 
     def __init__(self, config: BaselineConfig | None = None):
         super().__init__()
@@ -144,6 +150,8 @@ class CVAE(nn.Module):
     pixel logits. `model` and `guide` are the Pyro programs trained with SVI.
     """
 
+    num_quadrants: int | None = None  # the layout it was trained for (see BaselineNet)
+
     def __init__(self, baseline: BaselineNet, config: CVAEConfig | None = None):
         super().__init__()
         self.config = config or CVAEConfig()
@@ -224,6 +232,9 @@ class CVAE(nn.Module):
     @torch.no_grad()
     def sample(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
         """Completions of y drawn from the prior: (num_samples, batch, 784) pixel probabilities."""
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be an int >= 1 (completions per input), got "
+                             f"{num_samples!r}")
         x = _flat(x)
         z = self.prior(x).sample((num_samples,))                       # (S, batch, z_dim)
         return torch.sigmoid(self.generation_net(z, x))

@@ -17,8 +17,8 @@ import functools
 
 import torch
 
-__all__ = ["fast_bfloat16", "resolve_precision", "autocast", "flush_denormals",
-           "BF16_CPU_FLAGS"]
+__all__ = ["fast_bfloat16", "resolve_precision", "explain_precision", "autocast",
+           "flush_denormals", "BF16_CPU_FLAGS"]
 
 # capability flags of torch.cpu.get_capabilities() that mean native bfloat16 products: Intel's
 # AMX tiles, and the AVX-512 BF16 dot-product instructions (AMD Zen 4 and later, Intel Cooper
@@ -52,6 +52,26 @@ def resolve_precision(precision: str, device: torch.device | str | None = None) 
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     return precision
+
+
+def explain_precision(precision: str, device: torch.device | str | None = None) -> str:
+    """One line on the precision a run uses and why, e.g. "bf16 (auto: this CPU has amx_bf16)"."""
+    chosen = resolve_precision(precision, device)
+    if precision != "auto":
+        return f"{chosen} (set in the config)"
+    device = torch.device(device if device is not None
+                          else "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return f"{chosen} (auto: GPU {'with' if chosen == 'bf16' else 'without'} bfloat16)"
+    try:
+        capabilities = torch.cpu.get_capabilities()
+    except Exception:
+        capabilities = {}
+    found = [flag for flag in BF16_CPU_FLAGS if capabilities.get(flag)]
+    if found:
+        return f"{chosen} (auto: this CPU has {' and '.join(found)})"
+    return (f"{chosen} (auto: this CPU has none of {', '.join(BF16_CPU_FLAGS)}, so bfloat16 "
+            f"would be emulated)")
 
 
 def autocast(precision: str, device: torch.device):

@@ -27,7 +27,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 from .config import BaselineConfig, CVAEConfig
-from .data import QuadrantData, iterate_minibatches
+from .data import QuadrantData, check_quadrant_data, iterate_minibatches
 from .networks import CVAE, BaselineNet, masked_bce
 from .optim import JointAdam, WeightAverage
 from .speed import autocast, flush_denormals
@@ -175,6 +175,7 @@ def train_baseline(train: QuadrantData, val: QuadrantData, config: BaselineConfi
     """Train the baseline MLP with Adam on the masked BCE; early stopping on ``val``."""
     config = config or BaselineConfig()
     device = _device(device)
+    _check_splits(train, val)
     flush_denormals()
     torch.manual_seed(config.seed)
     baseline = BaselineNet(config).to(device)
@@ -201,7 +202,17 @@ def train_baseline(train: QuadrantData, val: QuadrantData, config: BaselineConfi
                   batch_size=config.batch_size, max_epochs=max_epochs,
                   patience=config.patience, seed=config.seed, callbacks=callbacks,
                   desc=f"baseline k={train.num_quadrants}", progress=progress)
+    baseline.num_quadrants = train.num_quadrants
     return baseline.eval(), history
+
+
+def _check_splits(train: QuadrantData, val: QuadrantData) -> None:
+    """Training and validation data of one layout, masked as `make_quadrant_data` does."""
+    if train.num_quadrants != val.num_quadrants:
+        raise ValueError(f"the training data has {train.num_quadrants} input quadrant(s), the "
+                         f"validation data {val.num_quadrants}: mask both for the same k")
+    check_quadrant_data(train.x, train.y, train.num_quadrants, "training data")
+    check_quadrant_data(val.x, val.y, val.num_quadrants, "validation data")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,6 +327,11 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
     """
     config = config or CVAEConfig()
     device, what = _device(device), f"cvae k={train.num_quadrants}"
+    _check_splits(train, val)
+    if baseline.num_quadrants not in (None, train.num_quadrants):
+        raise ValueError(f"the baseline was trained for {baseline.num_quadrants} input "
+                         f"quadrant(s), the data has {train.num_quadrants}: use the baseline "
+                         f"of the same k (trained_baseline(k))")
     flush_denormals()
     torch.manual_seed(config.seed)
     if config.joint_baseline:
@@ -368,6 +384,7 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
                   warmup_epochs=warmup, seed=config.seed, start_epoch=start_epoch,
                   validated_weights=average.swapped_in, callbacks=callbacks, desc=what,
                   progress=progress)
+    cvae.num_quadrants = train.num_quadrants
     return cvae.eval(), history
 
 

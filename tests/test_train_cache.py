@@ -1,7 +1,7 @@
 """Training loops, budgets, the model cache and the command line."""
 from __future__ import annotations
 
-import contextlib
+import copy
 import pickle
 import shutil
 
@@ -209,11 +209,17 @@ def test_kl_warmup_scales_the_kl_term(tiny_data):
     assert model_trace.nodes["y"]["scale"] == 1.0
 
 
-def test_nan_validation_loss_gives_a_clear_error(tiny_data):
+def test_nan_data_gives_a_clear_error_before_training(tiny_data):
     train, val = quadrant_splits(tiny_data)
-    val.x[:] = float("nan")  # NaN inputs give NaN predictions
-    with pytest.raises(FloatingPointError, match="never finite"):
+    val.x[:] = float("nan")
+    with pytest.raises(ValueError, match="validation data: x holds NaN"):
         train_baseline(train, val, BASE, max_epochs=2, device="cpu", progress=False)
+
+
+def test_a_validation_loss_that_is_never_finite_gives_a_clear_error():
+    with pytest.raises(FloatingPointError, match="never finite"):
+        fit(torch.nn.Linear(1, 1), step=lambda idx: 0.0, validate=lambda: float("nan"),
+            num_train=4, batch_size=4, max_epochs=2, patience=1, seed=0, progress=False)
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
@@ -237,12 +243,14 @@ def test_pyro_checks_the_first_cvae_epoch_and_a_non_finite_loss_stops_training(t
     assert seen == [True] * steps + [False] * 2 * steps  # Pyro's checks in the first epoch only
     assert dist.is_validation_enabled()                  # and the user's setting restored
     # without the checks (the later epochs, or validation switched off), a NaN loss stops the run
-    train.x[5] = float("nan")
+    poisoned = copy.deepcopy(baseline)
+    with torch.no_grad():
+        poisoned.net[0].weight.fill_(float("nan"))  # its guesses, read by the prior, are NaN
     with pyro.validation_enabled(False):
         with pytest.raises(FloatingPointError, match="training loss became nan in epoch 1"):
-            train_cvae(train, val, baseline, config, max_epochs=2, device="cpu", progress=False)
+            train_cvae(train, val, poisoned, config, max_epochs=2, device="cpu", progress=False)
     with pytest.raises(ValueError):  # with them, Pyro itself rejects the NaN parameters
-        train_cvae(train, val, baseline, config, max_epochs=2, device="cpu", progress=False)
+        train_cvae(train, val, poisoned, config, max_epochs=2, device="cpu", progress=False)
 
 
 def test_book_config_is_the_default_and_departs_from_the_tutorial_in_its_recipe():
