@@ -1,5 +1,5 @@
-"""A small digit classifier, used to read which digit a completion shows (chapter "Variants and
-beyond the tutorial").
+"""A small digit classifier, used to read which digit a completion shows (chapter "Beyond
+the table").
 
 The CLL table says how likely the true output pixels are; it does not say whether the CVAE's samples
 are different *digits*. To count identities we need a judge: `DigitClassifier`, a 784-512-256-10
