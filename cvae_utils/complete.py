@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .data import check_num_quadrants, input_mask
+from .diversity import assemble, sample_completions
 from .networks import NUM_PIXELS, device_of
 
 __all__ = ["Completion", "complete_digit", "best_layout", "draw_digit_strokes", "DIGIT_STROKES",
@@ -197,20 +198,15 @@ def complete_digit(image, num_quadrants: int | None = None, known_mask=None, *,
     known = torch.from_numpy(mask.reshape(1, NUM_PIXELS))                # (1, 784)
     pixels = torch.from_numpy(array.reshape(1, NUM_PIXELS))              # (1, 784)
     x = torch.where(known, pixels, torch.tensor(-1.0))                   # (1, 784)
-    device = device_of(cvae_k)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(int(seed))
-        samples = cvae_k.sample(x.to(device), int(num_samples)).cpu()    # (S, 1, 784)
-    guess = baseline_k(x.to(device_of(baseline_k))).cpu()               # (1, 784)
+    ((_, samples),) = sample_completions(cvae_k, x, int(num_samples), int(seed))  # (S, 1, 784)
+    guess = assemble(x, baseline_k(x.to(device_of(baseline_k))).cpu().float())    # (1, 784)
 
-    def fill(prediction: torch.Tensor) -> np.ndarray:  # (..., 784) -> (..., 28, 28)
-        filled = torch.where(known, pixels, prediction.float())
-        return filled.reshape(*prediction.shape[:-1], SIDE, SIDE).numpy().astype(np.float32)
+    def image(pixels: torch.Tensor) -> np.ndarray:  # (..., 784) -> (..., 28, 28) float32
+        return pixels.reshape(*pixels.shape[:-1], SIDE, SIDE).numpy().astype(np.float32)
 
-    return Completion(image=array, known_mask=mask.copy(),
-                      x=x.reshape(SIDE, SIDE).numpy(), baseline=fill(guess)[0],
-                      samples=fill(samples[:, 0]), num_quadrants=k, mask_match=match,
-                      seed=int(seed))
+    return Completion(image=array, known_mask=mask.copy(), x=image(x)[0],
+                      baseline=image(guess)[0], samples=image(samples[:, 0]), num_quadrants=k,
+                      mask_match=match, seed=int(seed))
 
 
 def draw_digit_strokes(strokes: str | Sequence[Sequence[tuple[float, float]]] = "7",

@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # imported where used: pandas is slow to import
 __all__ = ["assemble", "class_histogram", "histogram_entropy", "IdentityDiversity",
            "identity_diversity", "diversity_frame", "diversity_table", "AmbiguousInput",
            "AMBIGUOUS_PAIRS", "find_ambiguous", "AmbiguousExamples", "ambiguous_examples",
-           "CRITERIA", "DEFAULT_DIVERSITY_SAMPLES", "INPUTS_PER_CHUNK"]
+           "CRITERIA", "sample_completions", "DEFAULT_DIVERSITY_SAMPLES", "INPUTS_PER_CHUNK"]
 
 DEFAULT_DIVERSITY_SAMPLES = 16  # completions per input
 INPUTS_PER_CHUNK = 512          # inputs per chunk: S * 512 completed images (25 MiB at S = 16)
@@ -175,11 +175,13 @@ def _check_positive(value, name: str) -> int:
 
 
 @torch.no_grad()
-def _completions(cvae, x: torch.Tensor, num_samples: int, seed: int,
-                 chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Chunks of CVAE completions: (start index, completed images (S, n, 784) on the CPU).
+def sample_completions(cvae, x: torch.Tensor, num_samples: int, seed: int = 0,
+                       chunk_size: int = INPUTS_PER_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
+    """Chunks of CVAE completions of ``x`` (N, 784): (start index, completed images (S, n, 784)
+    on the CPU), each sample pasted into its input by `assemble`.
 
-    Seeded inside `fork_rng`: the caller's global random state is left alone.
+    Seeded by ``seed`` inside `fork_rng`: the caller's global random state is left alone, and
+    the same seed, chunk size and device give the same samples.
     """
     device = device_of(cvae)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -217,7 +219,7 @@ def identity_diversity(cvae, classifier: nn.Module, split: Split, num_quadrants:
     baseline_classes = torch.empty(len(x), dtype=torch.int64)           # (N,)
     baseline_device = device_of(baseline)
     # closing(): on an error the generator ends at once, restoring the global random state
-    with closing(_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
+    with closing(sample_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
         for start, completed in chunks:
             n = completed.shape[1]
             classes = predict_digits(classifier, completed.reshape(-1, NUM_PIXELS))  # (S * n,)
@@ -331,7 +333,7 @@ def find_ambiguous(cvae, classifier: nn.Module, split: Split, num_quadrants: int
     x = _quadrant_inputs(split, k)                                       # (N, 784)
     labels = split.labels.cpu()
     candidates: dict[tuple[int, int], list] = {pair: [] for pair in pairs}
-    with closing(_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
+    with closing(sample_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
         for start, completed in chunks:
             n = completed.shape[1]
             probs = digit_probabilities(classifier, completed.reshape(-1, NUM_PIXELS))
@@ -388,7 +390,7 @@ def _most_varied(cvae, classifier: nn.Module, split: Split, k: int, num_samples:
     x = _quadrant_inputs(split, k)                                       # (N, 784)
     classes = torch.empty(len(x), num_samples, dtype=torch.int64)       # (N, S)
     completed = torch.empty(num_samples, len(x), NUM_PIXELS)             # (S, N, 784)
-    with closing(_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
+    with closing(sample_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
         for start, chunk in chunks:
             n = chunk.shape[1]
             completed[:, start:start + n] = chunk

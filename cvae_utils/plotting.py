@@ -30,6 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, RegularPolygon
 from matplotlib.ticker import MaxNLocator
 
+from .networks import device_of
+
 if TYPE_CHECKING:  # the results these figures draw
     from .complete import Completion
     from .diversity import AmbiguousInput
@@ -330,7 +332,7 @@ class Completions:
 def completions(cvae, data, num_images: int = 6, num_samples: int = 10,
                 seed: int = 0) -> Completions:
     """Completions of the first ``num_images`` of ``data`` (a QuadrantData) by NN and CVAE."""
-    device = next(cvae.parameters()).device
+    device = device_of(cvae)
     x, y = data.x[:num_images].to(device), data.y[:num_images].to(device)
     torch.manual_seed(seed)  # the samples drawn from the prior are the same at every build
     samples = cvae.sample(x, num_samples)                               # (S, n, 784)
@@ -341,7 +343,7 @@ def completions(cvae, data, num_images: int = 6, num_samples: int = 10,
 @torch.no_grad()
 def baseline_completions(baseline, data, num_images: int = 6) -> Completions:
     """The baseline's guesses for the first ``num_images`` of ``data``, with no CVAE samples."""
-    device = next(baseline.parameters()).device
+    device = device_of(baseline)
     x, y = data.x[:num_images].to(device), data.y[:num_images].to(device)
     guess = baseline(x).cpu().numpy()
     return Completions(x.cpu().numpy(), y.cpu().numpy(), guess,
