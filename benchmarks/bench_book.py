@@ -5,7 +5,8 @@ Two measurements (``--what``):
   book   ``jupyter-book build book/`` into a temporary output folder with an empty model cache:
          every chapter executes, every model is trained, every table and figure computed;
   train  ``python -m cvae_utils train --quadrants 1 2 3`` with an empty model cache: the
-         baselines and CVAEs of the three settings only (the book's configuration).
+         baselines and CVAEs of the three settings only (the book's configuration; ``--quadrants``
+         picks fewer).
 
 The budget is ``--budget`` (default ``paper``). The model cache is a fresh temporary folder
 unless ``--cache DIR`` is given (then models already there are reused: that times a rebuild).
@@ -14,6 +15,7 @@ Jupyter kernels it starts), from ``getrusage(RUSAGE_CHILDREN).ru_maxrss``. Per-c
 come from the Jupyter cache of the build (in the order the chapters ran).
 
 Example (what the README reports):  python benchmarks/bench_book.py --what book --budget paper
+Smoke test (``--tiny``): ``--what train --budget smoke --quadrants 1``, a fresh cache.
 """
 from __future__ import annotations
 
@@ -41,7 +43,13 @@ def parse_args(argv=None):
     parser.add_argument("--log", default=None, help="write the run's output to this file")
     parser.add_argument("--keep", default=None,
                         help="copy the built HTML and the model cache (with its tables) here")
-    return parser.parse_args(argv)
+    parser.add_argument("--quadrants", type=int, nargs="+", default=[1, 2, 3], choices=(1, 2, 3),
+                        help="with --what train: the quadrant counts to train (default 1 2 3)")
+    common.add_common_options(parser, threads=False)
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.what, args.budget, args.quadrants = "train", "smoke", [1]
+    return args
 
 
 def jupyter_book() -> str:
@@ -80,8 +88,8 @@ def main(argv=None):
             command = [jupyter_book(), "build", str(ROOT / "book"), "--path-output",
                        str(Path(tmp) / "build")]
         else:
-            command = [sys.executable, "-m", "cvae_utils", "train", "--quadrants", "1", "2", "3",
-                       "--budget", args.budget]
+            command = [sys.executable, "-m", "cvae_utils", "train", "--quadrants",
+                       *map(str, args.quadrants), "--budget", args.budget]
         print(f"# {' '.join(command)}  (CVAE_BUDGET={args.budget}, cache "
               f"{'given' if args.cache else 'fresh'})", flush=True)
         log = open(args.log, "w") if args.log else subprocess.DEVNULL

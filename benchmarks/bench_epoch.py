@@ -45,6 +45,7 @@ per-step baseline pass, so by this accounting the work it does not do counts as 
 % peak column above counts only the FLOPs it executes.
 
 Example (what the README reports):  python benchmarks/bench_epoch.py --num-images 10000 --repeats 3
+Smoke test (``--tiny``): 256 training and 64 validation images, no warm-up, a toy peak.
 """
 from __future__ import annotations
 
@@ -54,9 +55,10 @@ import time
 import torch
 
 import common
-from cvae_utils.config import CVAEConfig, book_config, tutorial_config
+from cvae_utils.config import book_config, tutorial_config
 from cvae_utils.data import QuadrantData
-from cvae_utils.networks import BaselineNet
+from cvae_utils.networks import CVAE, BaselineNet
+from cvae_utils.speed import resolve_precision
 from cvae_utils.train import baseline_loss, cvae_loss, train_baseline, train_cvae
 
 PROJECT_VAL_IMAGES = 256  # validation images the project's train_* score after each epoch here
@@ -79,34 +81,43 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each (default 1)")
     parser.add_argument("--val-images", type=int, default=10_000,
                         help="images of the timed validation pass; 0 skips it (default 10000)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads for every pipeline (default: torch's)")
     parser.add_argument("--quadrants", type=int, default=1, choices=(1, 2, 3))
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up runs")
-    return parser.parse_args(argv)
+    common.add_common_options(parser)
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.num_images, args.val_images, args.repeats, args.no_warmup = 256, 64, 1, True
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     threads = common.set_threads(args.threads)
     # the tutorial's pipeline: its configuration at --batch-size, float32 throughout
-    config = tutorial_config().replace(batch_size=args.batch_size, patience=args.epochs + 1)
+    # (a patience longer than the run: every run trains all its epochs)
+    patience = args.epochs + 1
+    config = tutorial_config().replace(
+        batch_size=args.batch_size, patience=patience,
+        baseline={"batch_size": args.batch_size, "patience": patience})
     # the project's: the book's configuration (or the tutorial's, for a like-for-like row)
     project = (book_config() if args.config == "book" else config).replace(
-        patience=args.epochs + 1)
+        patience=patience, baseline={"patience": patience})
+    precision = resolve_precision(project.precision, "cpu")
     n, epochs, k = args.num_images, args.epochs, args.quadrants
     print(f"# bench_epoch | {common.describe_machine()}")
     print(f"# epochs per run {epochs}, {n} training images (extrapolated to {common.FULL_EPOCH}), "
           f"k={k}, repeats {args.repeats}, threads {threads}")
     print(f"# tutorial pipeline: batch {config.batch_size}, float32; project ({args.config} "
-          f"config): baseline batch {project.batch_size}, CVAE batch {project.cvae_batch}, "
-          f"CVAE products in {project.precision}, decoder reads x: {project.decoder_sees_x}")
+          f"config): baseline batch {project.baseline.batch_size}, CVAE batch "
+          f"{project.batch_size}, CVAE products in {precision}, decoder reads x: "
+          f"{project.decoder_sees_x}")
 
-    peak_before, cpu_peak_before = common.measure_peaks()
+    peak_before, cpu_peak_before = common.measure_peaks(args.tiny)
     print(f"fp32 matmul peak (2048^3 torch.mm, best of 5 rounds of 5): {peak_before:.1f} GFLOP/s "
           f"wall-clock, {cpu_peak_before:.1f} GFLOP/s per CPU-second x threads")
-    if project.precision == "bf16":
-        bf16_peak = common.measure_peak_gflops(dtype=torch.bfloat16)
+    if precision == "bf16":
+        bf16_peak = common.measure_peak_gflops(
+            dtype=torch.bfloat16, **(dict(n=128, reps=1, rounds=1) if args.tiny else {}))
         print(f"bf16 matmul peak (same test): {bf16_peak:.1f} GFLOP/s wall-clock; the % columns "
               f"below stay relative to the fp32 peak (the arithmetic limit of the issue), so a "
               f"bf16 pipeline can pass 100 %")
@@ -130,14 +141,14 @@ def main(argv=None):
                                          "cvae / project", "cvae / tutorial")}
 
     def project_baseline():
-        _, history = train_baseline(train_q, val_small, project, epochs, device="cpu",
-                                    progress=False)
+        _, history = train_baseline(train_q, val_small, project.baseline, max_epochs=epochs,
+                                    device="cpu", progress=False)
         epoch_times["baseline / project"] += history.seconds
 
     def tutorial_baseline():
         torch.manual_seed(config.seed)
-        model = common.TutorialBaseline(config.hidden_1, config.hidden_2)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.baseline_lr)
+        model = common.TutorialBaseline(config.baseline.hidden_1, config.baseline.hidden_2)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.baseline.lr)
         loader = common.tutorial_loader(tut_train, args.batch_size, shuffle=True, seed=config.seed)
         for _ in range(epochs):
             start = time.perf_counter()
@@ -146,9 +157,10 @@ def main(argv=None):
 
     def project_cvae():
         torch.manual_seed(project.seed)
-        baseline = BaselineNet(project)  # untrained: the timing does not depend on its weights
-        _, history = train_cvae(train_q, val_small, baseline, project, epochs, device="cpu",
-                                progress=False)
+        # an untrained baseline: the timing does not depend on its weights
+        baseline = BaselineNet(project.baseline).eval()
+        _, history = train_cvae(train_q, val_small, baseline, project, max_epochs=epochs,
+                                device="cpu", progress=False)
         epoch_times["cvae / project"] += history.seconds
 
     def tutorial_cvae():
@@ -190,10 +202,10 @@ def main(argv=None):
     val_times = {}
     if args.val_images:
         torch.manual_seed(config.seed)
-        baseline = BaselineNet(project).eval()
-        from cvae_utils.networks import CVAE
-        cvae = CVAE(BaselineNet(project), project).eval()
-        tut_base = common.TutorialBaseline(config.hidden_1, config.hidden_2).eval()
+        baseline = BaselineNet(project.baseline).eval()
+        cvae = CVAE(BaselineNet(project.baseline).eval(), project).eval()
+        tut_base = common.TutorialBaseline(config.baseline.hidden_1,
+                                           config.baseline.hidden_2).eval()
         _, tut_svi = common.make_tutorial_cvae(config)
         val_loader = common.tutorial_loader(tut_val, args.batch_size, shuffle=False)
 
@@ -208,14 +220,14 @@ def main(argv=None):
             "cvae val / project": lambda: cvae_loss(cvae, val_q).mean().item(),
             "cvae val / tutorial": lambda: common.tutorial_cvae_val(tut_svi, val_loader),
         }
-        val_times = common.round_robin(val_variants, max(args.repeats, 3))
+        val_times = common.round_robin(val_variants, 1 if args.tiny else max(args.repeats, 3))
         nv = args.val_images
         val_flops = {"baseline val / project": nv * pflops["baseline_eval"],
                      "baseline val / tutorial": nv * flops["baseline_eval"],
                      "cvae val / project": nv * pflops["cvae_eval_with_baseline"],
                      "cvae val / tutorial": nv * flops["cvae_eval_with_baseline"]}
 
-    peak_after, cpu_peak_after = common.measure_peaks()
+    peak_after, cpu_peak_after = common.measure_peaks(args.tiny)
     peak, cpu_peak = max(peak_before, peak_after), max(cpu_peak_before, cpu_peak_after)
     print(f"fp32 matmul peak measured again at the end: {peak_after:.1f} wall / {cpu_peak_after:.1f}"
           f" CPU; using the larger: {peak:.1f} GFLOP/s wall, {cpu_peak:.1f} GFLOP/s CPU")

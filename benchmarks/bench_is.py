@@ -1,12 +1,10 @@
-"""Timing hook for the importance-sampling column of the CLL table.
+"""Time the importance-sampling column of the CLL table.
 
-If `cvae_utils.evaluate` exists and has ``cvae_importance_sampling``, time one call with S=100
-samples per image on the 10,000 test images for one setting (k=1 input quadrant, the book's
-config unless ``--config tutorial``, the default chunk size of the evaluate module), and print
-seconds, ms per image and the
-achieved GFLOP/s against an fp32 matmul peak measured in the same run. Otherwise print
-"skipped: evaluate module not available". The CVAE is freshly initialised (not trained): the
-cost does not depend on the weights.
+Times one call of `cvae_utils.evaluate.cvae_importance_sampling` with S=100 samples per image on
+the 10,000 test images for one setting (k=1 input quadrant, the book's config unless ``--config
+tutorial``, the evaluate module's default chunk size), and prints seconds, ms per image and the
+achieved GFLOP/s against an fp32 matmul peak measured in the same run. The CVAE is freshly
+initialised (not trained): the cost does not depend on the weights.
 
 FLOPs per image: the prior and the recognition networks once, the baseline's guess once, the
 decoder S times: 2 * encoder + baseline + S * decoder forward FLOPs (see ``common.flop_counts``);
@@ -15,16 +13,20 @@ with the book's decoder, which reads x, the x columns of its first layer count o
 its output layer counts for the output pixels only (the estimators compute no others).
 
 Example (what the README reports):  python benchmarks/bench_is.py --threads 1
+Smoke test (``--tiny``): 20 test images, S=4, a toy peak.
 """
 from __future__ import annotations
 
 import argparse
-import inspect
 import time
 
 import torch
 
 import common
+from cvae_utils.config import book_config, tutorial_config
+from cvae_utils.data import QuadrantData
+from cvae_utils.evaluate import cvae_importance_sampling, standard_normal_noise
+from cvae_utils.networks import CVAE, BaselineNet
 
 
 def parse_args(argv=None):
@@ -35,43 +37,31 @@ def parse_args(argv=None):
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="images per chunk (default: the evaluate module's)")
     parser.add_argument("--quadrants", type=int, default=1, choices=(1, 2, 3))
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--config", choices=("book", "tutorial"), default="book",
                         help="the book's configuration (decoder reads x and z; default) or the "
                              "tutorial's (decoder reads z)")
-    return parser.parse_args(argv)
+    common.add_common_options(parser)
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.num_images, args.num_samples = 20, 4
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     threads = common.set_threads(args.threads)
-    try:
-        from cvae_utils.evaluate import cvae_importance_sampling
-    except ImportError:
-        print("skipped: evaluate module not available")
-        return None
-    from cvae_utils.config import CVAEConfig, book_config
-    from cvae_utils.data import QuadrantData
-    from cvae_utils.networks import CVAE, BaselineNet
-
     print(f"# bench_is | {common.describe_machine()}")
-    config = book_config() if args.config == "book" else CVAEConfig()
+    config = book_config() if args.config == "book" else tutorial_config()
     _, _, test_q = common.load_project_data(1, 1, args.quadrants)
     n = min(args.num_images, len(test_q))
     test_q = QuadrantData(test_q.x[:n], test_q.y[:n], test_q.labels[:n], args.quadrants)
     torch.manual_seed(0)
-    cvae = CVAE(BaselineNet(config), config).eval()
+    cvae = CVAE(BaselineNet(config.baseline).eval(), config).eval()
     kwargs = {"num_samples": args.num_samples}
     if args.chunk_size is not None:
         kwargs["chunk_size"] = args.chunk_size
-    try:
-        inspect.signature(cvae_importance_sampling).bind(cvae, test_q, **kwargs)
-    except TypeError as error:
-        print(f"skipped: cvae_importance_sampling{inspect.signature(cvae_importance_sampling)} "
-              f"does not take (cvae, data, {', '.join(kwargs)}): {error}")
-        return None
 
-    peak, cpu_peak = common.measure_peaks()
+    peak, cpu_peak = common.measure_peaks(args.tiny)
     start, cpu = time.perf_counter(), time.process_time()
     estimate = cvae_importance_sampling(cvae, test_q, **kwargs)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
@@ -90,14 +80,10 @@ def main(argv=None):
           f"{crate:.1f} GFLOP/s = {100 * crate / cpu_peak:.0f}% of {cpu_peak:.1f} (CPU time)")
     print(f"  (untrained CVAE, so the value itself is meaningless: {estimate})")
     # where the time goes: the per-image seeded noise alone
-    try:
-        from cvae_utils.evaluate import standard_normal_noise
-        start = time.perf_counter()
-        standard_normal_noise(args.num_samples, config.z_dim, 0, n)
-        print(f"  of which drawing the per-image seeded noise alone: "
-              f"{time.perf_counter() - start:.2f} s")
-    except (ImportError, TypeError):
-        pass
+    start = time.perf_counter()
+    standard_normal_noise(args.num_samples, config.z_dim, 0, n)
+    print(f"  of which drawing the per-image seeded noise alone: "
+          f"{time.perf_counter() - start:.2f} s")
     return seconds
 
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: timing, FLOP counts, the fp32 peak, memory, both pipelines.
+"""Shared pieces of the benchmarks: timing, FLOP counts, the fp32 peak, the tutorial's pipeline.
 
 Nothing here is imported by `cvae_utils`; the scripts next to this file import it as ``common``
 (run them as ``python benchmarks/<script>.py`` from the repository root).
@@ -7,7 +7,7 @@ Two pipelines are compared:
 
 * the project's: MNIST loaded once as whole float tensors, masked with one ``torch.where``,
   minibatches sliced from those tensors (`cvae_utils.train.train_baseline` / `train_cvae`, whose
-  CVAE step gets the baseline's guesses precomputed once per run);
+  CVAE step gets the baseline's guesses precomputed once per run), called as they are;
 * a faithful reimplementation of the Pyro tutorial's (``examples/cvae`` in the Pyro repository):
   a torch ``Dataset`` over torchvision's MNIST that returns PIL images, a per-sample transform
   (PIL -> tensor with ``torchvision.transforms.functional.to_tensor``, then masking by index
@@ -21,15 +21,18 @@ Two pipelines are compared:
   ``validate_args=False``. With Pyro 1.9's default validation the tutorial as published raises on
   grey target pixels (MNIST's values in (0, 1) are not in the Bernoulli's Boolean support); the
   project's Bernoulli has the same switch, so both pipelines validate the same things. And the
-tutorial's baseline loss passes targets of -1 to ``F.binary_cross_entropy``, which torch 2.x
-rejects; they are clamped to 0 first (see `tutorial_masked_bce_sum`).
+  tutorial's baseline loss passes targets of -1 to ``F.binary_cross_entropy``, which torch 2.x
+  rejects; they are clamped to 0 first (see `tutorial_masked_bce_sum`).
+
+Every script takes ``--tiny``: the same code paths at toy sizes (a few batches, a small matrix
+for the peak), so that ``tests/test_benchmarks.py`` runs each in seconds and they cannot drift
+from the package. Its numbers mean nothing.
 """
 from __future__ import annotations
 
 import datetime
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -57,6 +60,16 @@ PIXELS = 784
 # --------------------------------------------------------------------------------------------
 # environment, timing and memory
 # --------------------------------------------------------------------------------------------
+
+def add_common_options(parser, threads: bool = True) -> None:
+    """``--tiny`` (toy sizes, for the smoke tests) and, with ``threads``, ``--threads N``."""
+    parser.add_argument("--tiny", action="store_true",
+                        help="run every code path at toy sizes, in seconds (the smoke test); "
+                             "the numbers mean nothing")
+    if threads:
+        parser.add_argument("--threads", type=int, default=None,
+                            help="torch intra-op threads (default: torch's)")
+
 
 def set_threads(threads: int | None) -> int:
     """Use ``threads`` intra-op threads (None: leave torch's default) and return the count."""
@@ -127,81 +140,6 @@ def median(values) -> float:
     return statistics.median(values)
 
 
-def maxrss_mib() -> float:
-    """Peak resident memory of this process so far (``ru_maxrss``; KiB on Linux), in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def current_rss_mib() -> float:
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        return float("nan")
-
-
-def anon_rss_mib() -> float:
-    """Anonymous resident memory (``RssAnon``: heap, tensors), in MiB; excludes file pages.
-
-    The total RSS also counts the pages of the shared libraries (torch's alone are hundreds of
-    MiB), which the kernel may drop and reload at any time (this machine runs DAMON with a
-    "pageout" scheme), so the total moves by hundreds of MiB with no allocation at all. The
-    anonymous part moves only when the process allocates or frees.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        pass
-    return float("nan")
-
-
-class AnonPeakSampler:
-    """Samples `anon_rss_mib` every ``interval`` seconds in a thread; ``peak`` is the largest.
-
-    Use as a context manager around a phase. Allocations that live shorter than the interval
-    can be missed; the tensors that matter here (data, guesses, chunks, optimizer state) live
-    far longer.
-    """
-
-    def __init__(self, interval: float = 0.002):
-        import threading
-
-        self.interval, self.peak = interval, anon_rss_mib()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, anon_rss_mib())
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, anon_rss_mib())
-        return False
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS watermark (Linux >= 4.0); True when it worked.
-
-    After the reset ``ru_maxrss`` reports the peak since the reset, so one process can measure
-    the peak of one phase (for example an evaluation pass) without the earlier phases' peaks.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 # --------------------------------------------------------------------------------------------
 # FLOP counts and the measured fp32 peak
 # --------------------------------------------------------------------------------------------
@@ -210,7 +148,7 @@ def linear_macs(layers) -> int:
     return sum(fan_in * fan_out for fan_in, fan_out in layers)
 
 
-def flop_counts(config: CVAEConfig | None = None) -> dict:
+def flop_counts(config: CVAEConfig) -> dict:
     """Analytic FLOPs per image of each training step and evaluation pass.
 
     Convention: a Linear layer (in -> out) costs 2*in*out FLOPs per image forward (one multiply
@@ -222,16 +160,16 @@ def flop_counts(config: CVAEConfig | None = None) -> dict:
     through the reparameterisation), the two encoders' first layers do not. The frozen
     baseline runs forward only, with no gradient.
     """
-    config = config or CVAEConfig()
     h1, h2, zd = config.hidden_1, config.hidden_2, config.z_dim
     dec_in = zd + (PIXELS if config.decoder_sees_x else 0)
-    mlp = [(PIXELS, h1), (h1, h2), (h2, PIXELS)]                 # baseline
+    b1, b2 = config.baseline.hidden_1, config.baseline.hidden_2
+    mlp = [(PIXELS, b1), (b1, b2), (b2, PIXELS)]                 # baseline
     encoder = [(PIXELS, h1), (h1, h2), (h2, zd), (h2, zd)]       # loc and scale heads
     decoder = [(dec_in, h1), (h1, h2), (h2, PIXELS)]
     base_fwd = 2 * linear_macs(mlp)
     enc_fwd = 2 * linear_macs(encoder)
     dec_fwd = 2 * linear_macs(decoder)
-    base_bwd = 2 * base_fwd - 2 * PIXELS * h1
+    base_bwd = 2 * base_fwd - 2 * PIXELS * b1
     cvae_fwd = 2 * enc_fwd + dec_fwd                              # recognition + prior + decoder
     # pixels feed the encoders' first layers (no input grad); with decoder_sees_x the decoder's
     # first layer needs only the input grad of its z columns
@@ -279,9 +217,11 @@ def measure_peak_gflops(n: int = 2048, reps: int = 5, rounds: int = 5,
     return best_rate
 
 
-def measure_peaks() -> tuple[float, float]:
-    """(wall-clock peak, CPU-time peak) in GFLOP/s, both measured now."""
-    return measure_peak_gflops(), measure_peak_gflops(cpu_time=True)
+def measure_peaks(tiny: bool = False) -> tuple[float, float]:
+    """(wall-clock peak, CPU-time peak) in GFLOP/s, both measured now (``tiny``: a 128 x 128
+    product, one round: a smoke test's number, not a peak)."""
+    size = dict(n=128, reps=1, rounds=1) if tiny else {}
+    return measure_peak_gflops(**size), measure_peak_gflops(cpu_time=True, **size)
 
 
 def cpu_rate(flops: float, cpu_seconds: float) -> float:
@@ -513,22 +453,22 @@ def tutorial_cvae_val(svi, loader) -> float:
     return running
 
 
-def make_tutorial_cvae(config: CVAEConfig, lr: float | None = None):
+def make_tutorial_cvae(config: CVAEConfig):
     """A fresh tutorial CVAE on an untrained (random) baseline, its SVI, Pyro store cleared.
 
     Timing does not depend on whether the baseline was trained, so none is trained here.
     """
     torch.manual_seed(config.seed)
-    baseline = TutorialBaseline(config.hidden_1, config.hidden_2).eval()
+    baseline = TutorialBaseline(config.baseline.hidden_1, config.baseline.hidden_2).eval()
     cvae = TutorialCVAE(baseline, config.z_dim, config.hidden_1, config.hidden_2)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    svi = SVI(cvae.model, cvae.guide, pyro.optim.Adam({"lr": lr or config.cvae_lr}), Trace_ELBO())
+    svi = SVI(cvae.model, cvae.guide, pyro.optim.Adam({"lr": config.lr}), Trace_ELBO())
     return cvae, svi
 
 
 # --------------------------------------------------------------------------------------------
-# the project's pipeline, step loops mirroring cvae_utils.train (for the lever benchmarks)
+# the project's data
 # --------------------------------------------------------------------------------------------
 
 def load_project_data(num_train: int, num_val: int, num_quadrants: int = 1):
@@ -541,34 +481,4 @@ def load_project_data(num_train: int, num_val: int, num_quadrants: int = 1):
             make_quadrant_data(data.test, num_quadrants))
 
 
-def make_project_cvae(baseline, config: CVAEConfig):
-    """A fresh project CVAE over ``baseline`` and its SVI with Pyro's per-tensor Adam (not fused).
 
-    This is the reference of the session-1 levers; `train_cvae` itself now uses one fused Adam
-    for all tensors (`cvae_utils.train.JointAdam`), the ``adam`` lever of `bench_levers.py`.
-    """
-    from cvae_utils.networks import CVAE
-
-    torch.manual_seed(config.seed)
-    cvae = CVAE(baseline, config)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    svi = SVI(cvae.model, cvae.guide, pyro.optim.Adam({"lr": config.cvae_lr}), Trace_ELBO())
-    return cvae, svi
-
-
-def project_cvae_epoch(cvae, svi, x, y, batch_size: int, generator, precompute: bool = True):
-    """One training pass of `train_cvae`'s inner loop (seeded shuffle, tensor slices).
-
-    ``precompute``: the baseline's guesses for all of x are computed once before the loop (as
-    `train_cvae` does; the cost is included here); else the model computes them in every step.
-    """
-    from cvae_utils.data import iterate_minibatches
-    from cvae_utils.train import EVAL_CHUNK
-
-    y_hat = (torch.cat([cvae.baseline_guess(c) for c in x.split(EVAL_CHUNK)])
-             if precompute else None)
-    total = 0.0
-    for idx in iterate_minibatches(len(x), batch_size, generator):
-        total += svi.step(x[idx], y[idx], y_hat[idx] if precompute else None)
-    return total

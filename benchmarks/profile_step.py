@@ -1,33 +1,36 @@
-"""Where the time of one training step goes: torch.profiler over the project's step loops.
+"""Where the time of one training step goes: torch.profiler over the project's two steps.
 
-Profiles ``--steps`` steps (after 10 untimed ones) of (a) the baseline step of
-`cvae_utils.train.train_baseline` and (b) the CVAE step of `train_cvae` (Pyro SVI, Trace_ELBO,
-precomputed guesses) on real MNIST batches of ``--batch-size`` images, and prints the operators
-with the largest self CPU time and the split into Adam (every operator called inside
-``Optimizer.step``), matrix products (addmm, mm, ...) outside it, and the rest (elementwise
-forward and backward, losses, distributions),
-so the gap between the achieved and the peak GFLOP/s of `bench_epoch.py` can be attributed.
+Profiles ``--steps`` steps (after 10 untimed ones) of (a) the baseline step as
+`cvae_utils.train.train_baseline` runs it (fused Adam, the baseline's precision) and (b) the CVAE
+step as `train_cvae` runs it after its first epoch (Pyro SVI with the config's ELBO, `JointAdam`,
+the weight average every ``average_every`` steps, the config's precision, precomputed guesses, no
+Pyro checks), on real MNIST batches of each config's batch size (or ``--batch-size``). It prints
+the operators with the largest self CPU time and the split into Adam (every operator called
+inside ``Optimizer.step``), matrix products (addmm, mm, ...) outside it, and the rest
+(elementwise forward and backward, casts, losses, distributions), so the gap between the
+achieved and the peak GFLOP/s of `bench_epoch.py` can be attributed.
 
-Example:  python benchmarks/profile_step.py --threads 1
-          python benchmarks/profile_step.py --book    # the book's CVAE step (batch 256, bf16)
+Example (what the README reports):  python benchmarks/profile_step.py --steps 40
+          python benchmarks/profile_step.py --config tutorial   # batch 128, fp32, decoder reads z
+Smoke test (``--tiny``): 2 profiled steps after 1 untimed one.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
+import pyro
 import torch
+from pyro.infer import SVI
 from torch.profiler import ProfilerActivity, profile
 
 import common
-import pyro
-from pyro.infer import SVI
-
-from cvae_utils.config import CVAEConfig, book_config
+from cvae_utils.config import book_config, tutorial_config
 from cvae_utils.data import iterate_minibatches
-from cvae_utils.networks import BaselineNet, masked_bce
-from cvae_utils.train import AVERAGE_EVERY, JointAdam, _KLWeight, _objective, training_precision
+from cvae_utils.networks import CVAE, BaselineNet, masked_bce
+from cvae_utils.optim import JointAdam, WeightAverage
+from cvae_utils.speed import autocast, resolve_precision
+from cvae_utils.train import KLWeight, _baseline_guesses, _objective
 
 MATMUL_OPS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"}
 
@@ -35,14 +38,15 @@ MATMUL_OPS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::lin
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per step (default: each config's own)")
+    parser.add_argument("--config", choices=("book", "tutorial"), default="book")
     parser.add_argument("--top", type=int, default=15)
-    parser.add_argument("--book", action="store_true",
-                        help="profile the CVAE step of book_config() as train_cvae runs it "
-                             "after the first epoch: its batch (256), bf16 products where fast, "
-                             "its loss, JointAdam with the weight average, no Pyro checks")
-    return parser.parse_args(argv)
+    common.add_common_options(parser)
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.steps, args.top = 2, 5
+    return args
 
 
 def summarize(prof, title, flops_per_step, steps, top, step_cpu_ms):
@@ -79,83 +83,85 @@ def summarize(prof, title, flops_per_step, steps, top, step_cpu_ms):
               f"{100 * e.self_cpu_time_total / total:5.1f}%  calls/step {e.count / steps:6.1f}")
 
 
+def time_and_profile(step, batches, warmup: int, steps: int):
+    """CPU ms per step without the profiler, then the profiler over the same steps."""
+    for idx in batches[:warmup]:
+        step(idx)
+    cpu = time.process_time()
+    for idx in batches[warmup:warmup + steps]:
+        step(idx)
+    step_ms = (time.process_time() - cpu) / steps * 1e3
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for idx in batches[warmup:warmup + steps]:
+            step(idx)
+    return prof, step_ms
+
+
 def main(argv=None):
     args = parse_args(argv)
     threads = common.set_threads(args.threads)
+    warmup = 1 if args.tiny else 10
+    config = book_config() if args.config == "book" else tutorial_config()
+    if args.batch_size:
+        config = config.replace(batch_size=args.batch_size, baseline={"batch_size": args.batch_size})
     print(f"# profile_step | {common.describe_machine()}")
-    print(f"# {args.steps} profiled steps of batch {args.batch_size}, {threads} threads "
-          f"(the profiler adds a little overhead per operator)")
-    config = CVAEConfig(batch_size=args.batch_size)
-    n = args.batch_size * (args.steps + 10)
+    print(f"# {args.steps} profiled steps, {threads} threads, the {args.config} config (the "
+          f"profiler adds a little overhead per operator)")
+    device = torch.device("cpu")
+    flops = common.flop_counts(config)
+    largest = max(config.batch_size, config.baseline.batch_size)
+    n = largest * (args.steps + warmup)
     train_q, _, _ = common.load_project_data(n, 1, 1)
     x, y = train_q.x, train_q.y
-    flops = common.flop_counts(config)
 
-    # baseline step, as in train_baseline (fused Adam)
-    torch.manual_seed(0)
-    baseline = BaselineNet(config)
-    optimizer = torch.optim.Adam(baseline.parameters(), lr=config.baseline_lr, fused=True)
+    # (a) the baseline step, as in train_baseline
+    base_config = config.baseline
+    torch.manual_seed(base_config.seed)
+    baseline = BaselineNet(base_config)
+    optimizer = torch.optim.Adam(baseline.parameters(), lr=base_config.lr, fused=True)
+    base_precision = autocast(base_config.precision, device)
 
     def base_step(idx):
-        loss = masked_bce(baseline.logits(x[idx]), y[idx]).sum()
+        with base_precision:
+            loss = masked_bce(baseline.logits(x[idx]), y[idx]).sum()
         optimizer.zero_grad(set_to_none=True)
         (loss / len(idx)).backward()
         optimizer.step()
         return loss.item()
 
-    batches = list(iterate_minibatches(n, args.batch_size, torch.Generator().manual_seed(0)))
-    for idx in batches[:10]:
-        base_step(idx)
-    cpu = time.process_time()
-    for idx in batches[10:10 + args.steps]:
-        base_step(idx)
-    base_ms = (time.process_time() - cpu) / args.steps * 1e3
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for idx in batches[10:10 + args.steps]:
-            base_step(idx)
-    summarize(prof, "baseline step (train_baseline)", flops["baseline_train"] * args.batch_size,
-              args.steps, args.top, base_ms)
+    batch = base_config.batch_size
+    batches = list(iterate_minibatches(n, batch, torch.Generator().manual_seed(0)))
+    prof, step_ms = time_and_profile(base_step, batches, warmup, args.steps)
+    summarize(prof, f"baseline step (train_baseline: batch {batch}, "
+                    f"{resolve_precision(base_config.precision, device)})",
+              flops["baseline_train"] * batch, args.steps, args.top, step_ms)
 
-    # CVAE step, as in train_cvae
-    torch.manual_seed(0)
-    title, batch, precision = "CVAE step (Pyro SVI, pyro.optim.Adam per tensor)", args.batch_size, \
-        contextlib.nullcontext()
-    if args.book:
-        config = book_config()
-        batch = config.cvae_batch
-        precision = training_precision(config, torch.device("cpu"))
-        title = (f"CVAE step of book_config() after the first epoch (Pyro SVI, "
-                 f"{'TraceMeanField_ELBO' if config.analytic_kl else 'Trace_ELBO'}, JointAdam "
-                 f"with the weight average, no Pyro checks, batch {batch}, {config.precision})")
-        n = batch * (args.steps + 10)
-        train_q, _, _ = common.load_project_data(n, 1, 1)
-        x, y = train_q.x, train_q.y
-        batches = list(iterate_minibatches(n, batch, torch.Generator().manual_seed(0)))
-    flops = common.flop_counts(config)
-    cvae, svi = common.make_project_cvae(BaselineNet(config), config)
-    checks = True  # Pyro's validation, on by default
-    if args.book:  # as train_cvae runs a step after its first epoch: its loss and optimizer
-        kl_weight = _KLWeight()
-        guide, loss = _objective(cvae, config, kl_weight)
-        svi = SVI(kl_weight(cvae.model), guide, JointAdam(
-            config.cvae_lr, config.lr_decay, config.weight_average, AVERAGE_EVERY), loss)
-        checks = False
-    y_hat = cvae.baseline_guess(x)
+    # (b) the CVAE step, as in train_cvae after its first epoch
+    torch.manual_seed(config.seed)
+    cvae = CVAE(BaselineNet(base_config).eval(), config)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    kl_weight = KLWeight()
+    guide, loss = _objective(cvae, config, kl_weight)
+    svi = SVI(kl_weight(cvae.model), guide, JointAdam(config.lr, gamma=config.lr_decay), loss)
+    average = WeightAverage([p for p in cvae.parameters() if p.requires_grad],
+                            config.weight_average, config.average_every)
+    precision = autocast(config.precision, device)
+    y_hat = _baseline_guesses(cvae, x)
 
     def cvae_step(idx):
-        with precision, pyro.validation_enabled(checks):
-            svi.step(x[idx], y[idx], y_hat[idx])
+        with precision, pyro.validation_enabled(False):
+            svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])
+        average.update()
 
-    for idx in batches[:10]:
-        cvae_step(idx)
-    cpu = time.process_time()
-    for idx in batches[10:10 + args.steps]:
-        cvae_step(idx)
-    cvae_ms = (time.process_time() - cpu) / args.steps * 1e3
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for idx in batches[10:10 + args.steps]:
-            cvae_step(idx)
-    summarize(prof, title, flops["cvae_train"] * batch, args.steps, args.top, cvae_ms)
+    batch = config.batch_size
+    batches = list(iterate_minibatches(n, batch, torch.Generator().manual_seed(0)))
+    prof, step_ms = time_and_profile(cvae_step, batches, warmup, args.steps)
+    summarize(prof, f"CVAE step (train_cvae after its first epoch: batch {batch}, "
+                    f"{resolve_precision(config.precision, device)}, "
+                    f"{'TraceMeanField_ELBO' if config.analytic_kl else 'Trace_ELBO'}, JointAdam, "
+                    f"weight average {config.weight_average} every {config.average_every} steps)",
+              flops["cvae_train"] * batch, args.steps, args.top, step_ms)
 
 
 if __name__ == "__main__":

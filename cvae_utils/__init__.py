@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # beyond the tutorial: the variants of the model and the examples of changed digits
-from .beyond import ambiguous_examples  # noqa: E402
+from .diversity import ambiguous_examples  # noqa: E402
 from .variants import (VARIANTS, plot_variants, torchzq_ablation, variant_config,  # noqa: E402
                        variants_budget, variants_table)
 

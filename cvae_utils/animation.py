@@ -1,6 +1,6 @@
 """The training animation: the CVAE's completions epoch by epoch, written as a GIF (and an MP4).
 
-Chapter "Training and its animation" uses this. `training_frames` turns ``history.snapshots`` (the
+Chapter "Training, animated" uses this. `training_frames` turns ``history.snapshots`` (the
 completions of a few fixed test inputs, recorded after every epoch with fixed noise) into RGB
 frames, each drawn by `cvae_utils.plotting.plot_training_frame` beside the loss curves.
 `write_gif` writes them with imageio (Pillow) and `write_mp4` with ffmpeg when imageio can reach

@@ -1,5 +1,5 @@
-"""A small digit classifier, used to read which digit a completion shows (chapter "Variants and
-beyond the tutorial").
+"""A small digit classifier, used to read which digit a completion shows (chapter "Beyond
+the table").
 
 The CLL table says how likely the true output pixels are; it does not say whether the CVAE's samples
 are different *digits*. To count identities we need a judge: `DigitClassifier`, a 784-512-256-10
@@ -27,7 +27,7 @@ from .config import Budget, ClassifierConfig, get_budget
 from .data import IMAGE_SIZE, MNISTData, Split, load_mnist
 from .networks import NUM_PIXELS, device_of
 from .speed import flush_denormals
-from .train import EVAL_CHUNK, History, default_device, fit
+from .train import EVAL_CHUNK, History, _device, fit
 
 __all__ = ["ClassifierConfig", "DigitClassifier", "train_classifier", "trained_classifier",
            "classifier_key", "classifier_path", "classifier_accuracy", "digit_probabilities",
@@ -94,7 +94,7 @@ def train_classifier(data: MNISTData, config: ClassifierConfig | None = None,
     """
     config = config or ClassifierConfig()
     budget = get_budget(budget)
-    device = torch.device(device) if device is not None else default_device()
+    device = _device(device)
     data = data.subset(budget)
     if len(data.train) == 0 or len(data.val) == 0:
         raise ValueError("train_classifier needs at least one training and one validation image")
@@ -150,7 +150,7 @@ def trained_classifier(budget: Budget | str | None = None, data: MNISTData | Non
     """
     config = config or ClassifierConfig()
     budget = get_budget(budget)
-    device = torch.device(device) if device is not None else default_device()
+    device = _device(device)
     data = (data if data is not None else load_mnist()).subset(budget)
     key = classifier_key(config, budget)
     model, history = cached_model(key, cache, DigitClassifier(config),

@@ -1,5 +1,4 @@
-"""Complete any digit: your own image, the models of the book (chapter "Variants and beyond the
-tutorial").
+"""Complete any digit: your own image, the models of the book (chapter "Beyond the table").
 
 `complete_digit` takes one 28 x 28 image with values in [0, 1] (a numpy array or a torch tensor,
 square or flattened to 784 pixels) and says which pixels are known, either as a quadrant count
@@ -19,7 +18,7 @@ input region are filled by output units that training never scored (the loss cov
 layout's output pixels), so expect them to be poor. When the match is below `MASK_MATCH_WARNING`
 (0.8) a `UserWarning` says so: the completion is then an extrapolation.
 
-`plot_completion` shows a result; `draw_digit_strokes` draws a digit from a few pen strokes with
+`cvae_utils.plotting.plot_completion` shows a result; `draw_digit_strokes` draws a digit from a few pen strokes with
 numpy, so that the book can complete a digit that is in no data set.
 """
 from __future__ import annotations
@@ -27,20 +26,18 @@ from __future__ import annotations
 import numbers
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .data import check_num_quadrants, input_mask
+from .diversity import assemble, sample_completions
 from .networks import NUM_PIXELS, device_of
 
-if TYPE_CHECKING:  # imported where used: matplotlib is slow to import
-    from matplotlib.figure import Figure
-
-__all__ = ["Completion", "complete_digit", "best_layout", "plot_completion",
-           "draw_digit_strokes", "DIGIT_STROKES", "MASK_MATCH_WARNING"]
+__all__ = ["Completion", "complete_digit", "best_layout", "draw_digit_strokes", "DIGIT_STROKES",
+           "MASK_MATCH_WARNING"]
 
 SIDE = 28
 MASK_MATCH_WARNING = 0.8  # below this intersection over union with a layout, warn
@@ -201,50 +198,15 @@ def complete_digit(image, num_quadrants: int | None = None, known_mask=None, *,
     known = torch.from_numpy(mask.reshape(1, NUM_PIXELS))                # (1, 784)
     pixels = torch.from_numpy(array.reshape(1, NUM_PIXELS))              # (1, 784)
     x = torch.where(known, pixels, torch.tensor(-1.0))                   # (1, 784)
-    device = device_of(cvae_k)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(int(seed))
-        samples = cvae_k.sample(x.to(device), int(num_samples)).cpu()    # (S, 1, 784)
-    guess = baseline_k(x.to(device_of(baseline_k))).cpu()               # (1, 784)
+    ((_, samples),) = sample_completions(cvae_k, x, int(num_samples), int(seed))  # (S, 1, 784)
+    guess = assemble(x, baseline_k(x.to(device_of(baseline_k))).cpu().float())    # (1, 784)
 
-    def fill(prediction: torch.Tensor) -> np.ndarray:  # (..., 784) -> (..., 28, 28)
-        filled = torch.where(known, pixels, prediction.float())
-        return filled.reshape(*prediction.shape[:-1], SIDE, SIDE).numpy().astype(np.float32)
+    def image(pixels: torch.Tensor) -> np.ndarray:  # (..., 784) -> (..., 28, 28) float32
+        return pixels.reshape(*pixels.shape[:-1], SIDE, SIDE).numpy().astype(np.float32)
 
-    return Completion(image=array, known_mask=mask.copy(),
-                      x=x.reshape(SIDE, SIDE).numpy(), baseline=fill(guess)[0],
-                      samples=fill(samples[:, 0]), num_quadrants=k, mask_match=match,
-                      seed=int(seed))
-
-
-def plot_completion(result: Completion, max_samples: int | None = None) -> "Figure":
-    """One row: the input (missing pixels pale blue), the baseline's completion, the CVAE samples.
-
-    The border of the known region is outlined in orange on every tile. Returns a matplotlib
-    `Figure` (made without pyplot, so nothing is left open).
-    """
-    import matplotlib
-    from .plotting import _new_figure
-
-    samples = result.samples if max_samples is None else result.samples[:max_samples]
-    panels = [(result.x, "input"), (result.baseline, "baseline")] + \
-        [(sample, f"CVAE {i + 1}") for i, sample in enumerate(samples)]
-    # missing pixels (-1) pale blue, as in cvae_utils.plotting
-    cmap = matplotlib.colormaps["gray_r"].with_extremes(under="#c9d9ee")
-    fig = _new_figure((0.85 * len(panels) + 0.2, 1.25))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (image, title) in zip(axes, panels):
-        ax.imshow(image, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.contour(result.known_mask.astype(float), levels=[0.5], colors="#d95f02",
-                   linewidths=0.8, corner_mask=False)
-        ax.set_title(title, fontsize=7, pad=2)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    label = (f"{result.num_quadrants} quadrant layout" if result.mask_match == 1.0 else
-             f"mask, models of the {result.num_quadrants} quadrant layout "
-             f"(match {result.mask_match:.2f})")
-    fig.suptitle(label, fontsize=8)
-    return fig
+    return Completion(image=array, known_mask=mask.copy(), x=image(x)[0],
+                      baseline=image(guess)[0], samples=image(samples[:, 0]), num_quadrants=k,
+                      mask_match=match, seed=int(seed))
 
 
 def draw_digit_strokes(strokes: str | Sequence[Sequence[tuple[float, float]]] = "7",

@@ -1,5 +1,5 @@
-"""Identity diversity: do the CVAE's completions of one input show different digits? (chapter
-"Variants and beyond the tutorial").
+"""Identity diversity and the ambiguous examples: do the CVAE's completions of one input show
+different digits? (chapter "Beyond the table").
 
 The paper's figure 3 shows that, given one quadrant, the CVAE sometimes completes a "3" as a "5" or
 a "4" as a "9", where the baseline can only draw one blurry average. Here that is counted. For each
@@ -17,18 +17,33 @@ test input, ``S`` completions are drawn from the CVAE (`CVAE.sample`), pasted in
   true digit.
 
 `diversity_frame` puts several settings in one pandas table and `diversity_table` builds it for
-k = 1, 2, 3 from the cached models. `find_ambiguous` picks inputs whose samples split between
-look-alike digits (3 and 5, 4 and 9, 7 and 9) and `plot_identity_groups` shows their samples
-grouped by the digit the classifier reads.
+k = 1, 2, 3 from the cached models.
+
+The examples. `find_ambiguous` picks inputs whose samples the classifier reads, confidently, as
+both digits of a look-alike pair (3 and 5, 4 and 9, 7 and 9). Well-trained models give many; the
+barely trained models of a ``smoke`` build may give none, and the chapter must still show a figure
+that is true to its data. `ambiguous_examples` therefore tries the criteria of `CRITERIA` from
+strict to loose and says which one it used:
+
+1. ``"look-alike pairs"``: `find_ambiguous` as it is, a look-alike pair, at least two samples of
+   each digit read with probability >= 0.9;
+2. ``"any two digits"``: any pair of digits that includes the true one, at least one sample of
+   each, whatever the classifier's confidence;
+3. ``"most varied"``: failing both, the inputs whose samples show the most distinct digits,
+   grouped by the two digits read most often (the second group may be empty).
+
+`cvae_utils.plotting.plot_identity_groups` draws the result.
 
 Randomness: all sampling happens inside `torch.random.fork_rng` after seeding with ``seed``, so the
-global random state is untouched and the same seed, chunk size and device give identical numbers.
+global random state is untouched and the same seed, chunk size and device give identical numbers;
+the three criteria of `ambiguous_examples` read the same samples.
 """
 from __future__ import annotations
 
 import os
 from contextlib import closing
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
@@ -42,18 +57,28 @@ from .data import (MNISTData, Split, check_num_quadrants, load_mnist, make_quadr
                    mask_quadrants)
 from .networks import NUM_PIXELS, device_of
 
-if TYPE_CHECKING:  # imported where used: pandas and matplotlib are slow to import
+if TYPE_CHECKING:  # imported where used: pandas is slow to import
     import pandas as pd
-    from matplotlib.figure import Figure
 
 __all__ = ["assemble", "class_histogram", "histogram_entropy", "IdentityDiversity",
            "identity_diversity", "diversity_frame", "diversity_table", "AmbiguousInput",
-           "AMBIGUOUS_PAIRS", "find_ambiguous", "plot_identity_groups", "DEFAULT_DIVERSITY_SAMPLES",
-           "INPUTS_PER_CHUNK"]
+           "AMBIGUOUS_PAIRS", "find_ambiguous", "AmbiguousExamples", "ambiguous_examples",
+           "CRITERIA", "sample_completions", "DEFAULT_DIVERSITY_SAMPLES", "INPUTS_PER_CHUNK"]
 
 DEFAULT_DIVERSITY_SAMPLES = 16  # completions per input
 INPUTS_PER_CHUNK = 512          # inputs per chunk: S * 512 completed images (25 MiB at S = 16)
 AMBIGUOUS_PAIRS = ((3, 5), (4, 9), (7, 9))  # look-alike digits whose lower halves differ
+
+# the criteria of `ambiguous_examples`, from strict to loose, in words a chapter can print
+CRITERIA = {
+    "look-alike pairs": "their samples are read, with probability at least 0.9, as both digits of "
+                        "a look-alike pair (3 and 5, 4 and 9, 7 and 9), at least twice each",
+    "any two digits": "their samples are read as two different digits, one of them the true "
+                      "digit (no look-alike pair qualified, and the classifier's confidence is "
+                      "not checked)",
+    "most varied": "their samples show the most distinct digits (no input's samples included "
+                   "the true digit and another one)",
+}
 
 
 def assemble(x: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
@@ -150,11 +175,13 @@ def _check_positive(value, name: str) -> int:
 
 
 @torch.no_grad()
-def _completions(cvae, x: torch.Tensor, num_samples: int, seed: int,
-                 chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Chunks of CVAE completions: (start index, completed images (S, n, 784) on the CPU).
+def sample_completions(cvae, x: torch.Tensor, num_samples: int, seed: int = 0,
+                       chunk_size: int = INPUTS_PER_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
+    """Chunks of CVAE completions of ``x`` (N, 784): (start index, completed images (S, n, 784)
+    on the CPU), each sample pasted into its input by `assemble`.
 
-    Seeded inside `fork_rng`: the caller's global random state is left alone.
+    Seeded by ``seed`` inside `fork_rng`: the caller's global random state is left alone, and
+    the same seed, chunk size and device give the same samples.
     """
     device = device_of(cvae)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -192,7 +219,7 @@ def identity_diversity(cvae, classifier: nn.Module, split: Split, num_quadrants:
     baseline_classes = torch.empty(len(x), dtype=torch.int64)           # (N,)
     baseline_device = device_of(baseline)
     # closing(): on an error the generator ends at once, restoring the global random state
-    with closing(_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
+    with closing(sample_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
         for start, completed in chunks:
             n = completed.shape[1]
             classes = predict_digits(classifier, completed.reshape(-1, NUM_PIXELS))  # (S * n,)
@@ -306,7 +333,7 @@ def find_ambiguous(cvae, classifier: nn.Module, split: Split, num_quadrants: int
     x = _quadrant_inputs(split, k)                                       # (N, 784)
     labels = split.labels.cpu()
     candidates: dict[tuple[int, int], list] = {pair: [] for pair in pairs}
-    with closing(_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
+    with closing(sample_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
         for start, completed in chunks:
             n = completed.shape[1]
             probs = digit_probabilities(classifier, completed.reshape(-1, NUM_PIXELS))
@@ -344,50 +371,72 @@ def find_ambiguous(cvae, classifier: nn.Module, split: Split, num_quadrants: int
     return chosen
 
 
-def plot_identity_groups(inputs: Sequence[AmbiguousInput], max_per_group: int = 5,
-                         show_truth: bool = True) -> "Figure":
-    """One row per ambiguous input: the input, its true image, then its samples by digit read.
+@dataclass(frozen=True)
+class AmbiguousExamples:
+    """The inputs to show, the criterion that selected them (a key of `CRITERIA`), its words."""
 
-    Missing pixels are pale blue; each group of samples is titled with the digit the classifier
-    reads and how many of the input's samples read so. Returns a matplotlib `Figure` (made
-    without pyplot, so nothing is left open).
+    inputs: list[AmbiguousInput]
+    criterion: str
+
+    @property
+    def description(self) -> str:
+        return CRITERIA[self.criterion]
+
+
+@torch.no_grad()
+def _most_varied(cvae, classifier: nn.Module, split: Split, k: int, num_samples: int, seed: int,
+                 count: int, chunk_size: int = INPUTS_PER_CHUNK) -> list[AmbiguousInput]:
+    """The ``count`` inputs whose samples show the most distinct digits (ties: lower index)."""
+    x = _quadrant_inputs(split, k)                                       # (N, 784)
+    classes = torch.empty(len(x), num_samples, dtype=torch.int64)       # (N, S)
+    completed = torch.empty(num_samples, len(x), NUM_PIXELS)             # (S, N, 784)
+    with closing(sample_completions(cvae, x, num_samples, seed, chunk_size)) as chunks:
+        for start, chunk in chunks:
+            n = chunk.shape[1]
+            completed[:, start:start + n] = chunk
+            read = predict_digits(classifier, chunk.reshape(-1, NUM_PIXELS))  # (S * n,)
+            classes[start:start + n] = read.reshape(num_samples, n).T
+    counts = class_histogram(classes)                                     # (N, 10)
+    distinct = (counts > 0).sum(-1)                                       # (N,)
+    order = sorted(range(len(x)), key=lambda i: (-int(distinct[i]), i))[:count]
+    chosen = []
+    for index in order:
+        ranked = sorted(range(NUM_CLASSES), key=lambda d: (-int(counts[index, d]), d))
+        pair = (ranked[0], ranked[1])
+        groups = {d: completed[:, index][classes[index] == d].reshape(-1, 28, 28).numpy()
+                  for d in pair}
+        chosen.append(AmbiguousInput(
+            index, int(split.labels[index]), pair, k,
+            split.images[index].reshape(28, 28).cpu().numpy(),
+            x[index].reshape(28, 28).numpy(), groups,
+            {d: int(c) for d, c in enumerate(counts[index].tolist()) if c}))
+    return chosen
+
+
+def ambiguous_examples(cvae, classifier: nn.Module, split: Split, num_quadrants: int = 1,
+                       max_inputs: int = 6, num_samples: int = DEFAULT_DIVERSITY_SAMPLES,
+                       pairs: Sequence[tuple[int, int]] = AMBIGUOUS_PAIRS,
+                       seed: int = 0) -> AmbiguousExamples:
+    """Up to ``max_inputs`` inputs whose samples change the digit, by the strictest criterion
+    that finds any (see the module docstring); never empty when ``split`` holds an image.
+
+    With the first criterion, `find_ambiguous` keeps up to ``max_inputs // len(pairs)`` inputs
+    per look-alike pair (at least one). ``seed`` fixes the samples, so the same call gives the
+    same inputs.
     """
-    import matplotlib
-    from .plotting import _new_figure
-
-    if not inputs:
-        raise ValueError("plot_identity_groups needs at least one input (find_ambiguous found "
-                         "none: try more inputs, more samples or a smaller min_count)")
-    _check_positive(max_per_group, "max_per_group")
-    # missing pixels (-1) pale blue as in cvae_utils.plotting, padding between tiles white
-    cmap = matplotlib.colormaps["gray_r"].with_extremes(under="#c9d9ee", bad="white")
-
-    def strip(images: np.ndarray, slots: int) -> np.ndarray:
-        """Up to ``slots`` images (n, 28, 28) in a row, NaN between and after: (28, 30 s - 2)."""
-        canvas = np.full((28, slots * 30 - 2), np.nan, dtype=np.float32)
-        for i, image in enumerate(images):
-            canvas[:, i * 30:i * 30 + 28] = image
-        return canvas
-
-    lead = 2 if show_truth else 1
-    widths = [1] * lead + [max_per_group] * 2
-    fig = _new_figure((0.55 * sum(widths) + 0.8, 0.95 * len(inputs) + 0.2))
-    axes = fig.subplots(len(inputs), len(widths), squeeze=False,
-                        gridspec_kw={"width_ratios": widths})
-    for row, item in zip(axes, inputs):
-        panels = [(item.x[None], f"input (k={item.num_quadrants})")]
-        if show_truth:
-            panels.append((item.image[None], f"true {item.label}"))
-        for digit in item.pair:
-            group = item.groups[digit][:max_per_group]
-            panels.append((group, f"read as {digit}: {item.counts.get(digit, 0)}/"
-                                  f"{item.num_samples}"))
-        for ax, (images, title), slots in zip(row, panels, widths):
-            ax.imshow(strip(images, slots), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(title, fontsize=7, pad=2, loc="left")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-    return fig
-
+    k = check_num_quadrants(num_quadrants)
+    _check_positive(max_inputs, "max_inputs")
+    if len(split) == 0:
+        raise ValueError("ambiguous_examples needs a split with at least one image")
+    per_pair = max(1, max_inputs // max(1, len(pairs)))
+    found = find_ambiguous(cvae, classifier, split, k, pairs=pairs, per_pair=per_pair,
+                           num_samples=num_samples, seed=seed)
+    if found:
+        return AmbiguousExamples(found[:max_inputs], "look-alike pairs")
+    found = find_ambiguous(cvae, classifier, split, k, pairs=list(combinations(range(10), 2)),
+                           per_pair=1, num_samples=num_samples, min_count=1, min_confidence=0.0,
+                           seed=seed)
+    if found:
+        return AmbiguousExamples(found[:max_inputs], "any two digits")
+    return AmbiguousExamples(_most_varied(cvae, classifier, split, k, num_samples, seed,
+                                          min(max_inputs, len(split))), "most varied")

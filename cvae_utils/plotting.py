@@ -1,23 +1,24 @@
 """The book's figures: one function per figure, each returning a matplotlib `Figure`.
 
 Chapters call exactly one function per figure cell, so the chapters stay thin and every figure is
-tested (``tests/test_plotting.py``). Images are drawn as one tiled array per axes: pixels in [0, 1]
+tested (in ``tests/test_plotting.py`` and beside the results it draws). Images are drawn as one tiled array per axes: pixels in [0, 1]
 in grey (ink is dark), missing pixels (-1) in a pale blue, and padding between tiles in white.
 Input tensors may be torch tensors or numpy arrays, flattened (N, 784) or square (N, 28, 28).
 Figures are `BookFigure`s, kept out of pyplot's registry, which Jupyter displays as PNG.
 
-Which chapter uses what: "The problem" `most_ambiguous`, `plot_ambiguity`; "Data and masking"
-`plot_digits`, `plot_quadrant_masks`, `plot_quadrant_split`; "The baseline" and "The CVAE in
-Pyro" `plot_loss_curves`, `plot_completions`; "The maths" `plot_graphical_models`,
-`plot_estimator_intuition`; "Training, animated" `plot_training_frame` (drawn frame by frame by
-`cvae_utils.animation`); "Evaluation" `plot_completions`, `plot_cll_comparison`,
-`plot_estimator_convergence`.
+Which chapter uses what: chapter "The problem" `most_ambiguous`, `plot_ambiguity`; chapter
+"Data and masking" `plot_digits`, `plot_quadrant_masks`, `plot_quadrant_split`; chapters "The
+baseline" and "The CVAE in Pyro" `plot_loss_curves`, `plot_completions`; chapter "Conditional
+generative models" `plot_graphical_models`, `plot_estimator_intuition`; chapter "Training,
+animated" `plot_training_frame` (drawn frame by frame by `cvae_utils.animation`); chapter
+"Evaluation" `plot_completions`, `plot_cll_comparison`, `plot_estimator_convergence`; chapter
+"Beyond the table" `plot_identity_groups`, `plot_completion`.
 """
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib
 import matplotlib.lines
@@ -29,6 +30,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, RegularPolygon
 from matplotlib.ticker import MaxNLocator
 
+from .networks import device_of
+
+if TYPE_CHECKING:  # the results these figures draw
+    from .complete import Completion
+    from .diversity import AmbiguousInput
+
 __all__ = [
     "MISSING_COLOR", "BookFigure", "figure_to_array", "tile_images",
     "plot_digits", "plot_quadrant_masks", "plot_quadrant_split",
@@ -36,6 +43,7 @@ __all__ = [
     "plot_loss_curves", "Completions", "completions", "baseline_completions", "plot_completions",
     "plot_training_frame", "update_training_frame", "plot_graphical_models", "plot_estimator_intuition",
     "method_family", "plot_cll_comparison", "plot_estimator_convergence",
+    "plot_identity_groups", "plot_completion",
 ]
 
 SIDE = 28                  # MNIST images are SIDE x SIDE pixels
@@ -274,7 +282,7 @@ def plot_ambiguity(query_images, pool_images, pool_labels, num_quadrants: int = 
     return fig
 
 
-# -------------------------------------------------------- chapters "The baseline", "CVAE in Pyro"
+# ---------------------------------------------------- chapters "The baseline", "The CVAE in Pyro"
 def _draw_losses(ax, history, epoch: int | None = None, ylabel: str = "nats per image") -> None:
     epochs = np.arange(1, len(history.train_loss) + 1)
     ax.plot(epochs, history.train_loss, "o-", color=TRAIN_COLOR, ms=3, lw=1.5, label="training")
@@ -324,7 +332,7 @@ class Completions:
 def completions(cvae, data, num_images: int = 6, num_samples: int = 10,
                 seed: int = 0) -> Completions:
     """Completions of the first ``num_images`` of ``data`` (a QuadrantData) by NN and CVAE."""
-    device = next(cvae.parameters()).device
+    device = device_of(cvae)
     x, y = data.x[:num_images].to(device), data.y[:num_images].to(device)
     torch.manual_seed(seed)  # the samples drawn from the prior are the same at every build
     samples = cvae.sample(x, num_samples)                               # (S, n, 784)
@@ -335,7 +343,7 @@ def completions(cvae, data, num_images: int = 6, num_samples: int = 10,
 @torch.no_grad()
 def baseline_completions(baseline, data, num_images: int = 6) -> Completions:
     """The baseline's guesses for the first ``num_images`` of ``data``, with no CVAE samples."""
-    device = next(baseline.parameters()).device
+    device = device_of(baseline)
     x, y = data.x[:num_images].to(device), data.y[:num_images].to(device)
     guess = baseline(x).cpu().numpy()
     return Completions(x.cpu().numpy(), y.cpu().numpy(), guess,
@@ -376,7 +384,7 @@ def plot_completions(panels: Sequence[Completions] | Completions) -> Figure:
     return fig
 
 
-# ------------------------------------------------------- chapter "Training and its animation"
+# -------------------------------------------------------------- chapter "Training, animated"
 def _training_tiles(x, y, snapshot) -> tuple[np.ndarray, int, int]:
     """The tiles of one animation frame: per row the input, the truth and the S completions."""
     x, y = _numpy_images(x), _numpy_images(y)
@@ -434,7 +442,7 @@ def update_training_frame(fig: Figure, x, y, snapshot, history, epoch: int,
     return fig
 
 
-# ---------------------------------------------------------------------- chapter "The maths"
+# ------------------------------------------------- chapter "Conditional generative models"
 def _node(ax, xy, label, observed=False, deterministic=False, radius=0.32):
     """A node of a graphical model; returns (centre, patch) for `_edge`."""
     face = "#bdbdbd" if observed else "white"
@@ -645,4 +653,72 @@ def plot_estimator_convergence(sweep, reference: float | None = None,
     ax.set_ylabel(r"mean $-\log p(y\mid x)$, nats")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+# ------------------------------------------------------------------- chapter "Beyond the table"
+def plot_identity_groups(inputs: Sequence["AmbiguousInput"], max_per_group: int = 5,
+                         show_truth: bool = True) -> Figure:
+    """One row per ambiguous input: the input, its true image, then its samples by digit read.
+
+    ``inputs``: `cvae_utils.diversity.AmbiguousInput`s, e.g. ``ambiguous_examples(...).inputs``.
+    Each group of samples is titled with the digit the classifier reads and how many of the
+    input's samples read so; a group shows at most ``max_per_group`` of them.
+    """
+    if not inputs:
+        raise ValueError("plot_identity_groups needs at least one input (find_ambiguous found "
+                         "none: try more inputs, more samples or a smaller min_count)")
+    if isinstance(max_per_group, bool) or not isinstance(max_per_group, int) or max_per_group < 1:
+        raise ValueError(f"max_per_group must be a positive int, got {max_per_group!r}")
+    lead = 2 if show_truth else 1
+    widths = [1] * lead + [max_per_group] * 2
+    fig = _new_figure((0.55 * sum(widths) + 0.8, 0.95 * len(inputs) + 0.2))
+    axes = fig.subplots(len(inputs), len(widths), squeeze=False,
+                        gridspec_kw={"width_ratios": widths})
+    cmap = _image_cmap()
+    for row, item in zip(axes, inputs):
+        panels = [(item.x[None], f"input (k={item.num_quadrants})")]
+        if show_truth:
+            panels.append((item.image[None], f"true {item.label}"))
+        for digit in item.pair:
+            group = item.groups[digit][:max_per_group]
+            panels.append((group, f"read as {digit}: {item.counts.get(digit, 0)}/"
+                                  f"{item.num_samples}"))
+        for ax, (images, title), slots in zip(row, panels, widths):
+            # up to ``slots`` images in a row, padding after them: one (28, 30 slots - 2) array
+            strip = np.full((SIDE, slots * (SIDE + 2) - 2), np.nan, dtype=np.float32)
+            for i, image in enumerate(images):
+                strip[:, i * (SIDE + 2):i * (SIDE + 2) + SIDE] = image
+            ax.imshow(strip, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(title, fontsize=7, pad=2, loc="left")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+    return fig
+
+
+def plot_completion(result: "Completion", max_samples: int | None = None) -> Figure:
+    """One row: the input (missing pixels pale blue), the baseline's completion, the CVAE samples.
+
+    ``result``: a `cvae_utils.complete.Completion` (of `complete_digit`). The border of the known
+    region is outlined on every tile; the title names the layout whose models completed it.
+    """
+    samples = result.samples if max_samples is None else result.samples[:max_samples]
+    panels = [(result.x, "input"), (result.baseline, "baseline")] + \
+        [(sample, f"CVAE {i + 1}") for i, sample in enumerate(samples)]
+    fig = _new_figure((0.85 * len(panels) + 0.2, 1.25))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    cmap = _image_cmap()
+    for ax, (image, title) in zip(axes, panels):
+        ax.imshow(image, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.contour(result.known_mask.astype(float), levels=[0.5], colors=BOUNDARY_COLOR,
+                   linewidths=0.8, corner_mask=False)
+        ax.set_title(title, fontsize=7, pad=2)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    label = (f"{result.num_quadrants} quadrant layout" if result.mask_match == 1.0 else
+             f"mask, models of the {result.num_quadrants} quadrant layout "
+             f"(match {result.mask_match:.2f})")
+    fig.suptitle(label, fontsize=8)
     return fig

@@ -42,7 +42,7 @@ class FixedLogits(nn.Module):
 
 def test_classifier_learns_a_separable_problem():
     data = toy_data()
-    model, history = train_classifier(data, SMALL, TINY, "cpu", progress=False)
+    model, history = train_classifier(data, SMALL, TINY, device="cpu", progress=False)
     assert not model.training
     assert 1 <= history.num_epochs <= 4 and history.best_val_loss == min(history.val_loss)
     assert classifier_accuracy(model, data.test) >= 0.95
@@ -68,11 +68,11 @@ def test_training_is_seeded_and_leaves_global_rng_alone():
     config = SMALL.replace(max_shift=2, dropout=0.3)
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    _, h1 = train_classifier(data, config, TINY, "cpu", progress=False)
+    _, h1 = train_classifier(data, config, TINY, device="cpu", progress=False)
     assert torch.equal(torch.get_rng_state(), state)
-    _, h2 = train_classifier(data, config, TINY, "cpu", progress=False)
+    _, h2 = train_classifier(data, config, TINY, device="cpu", progress=False)
     assert h1.train_loss == h2.train_loss and h1.val_loss == h2.val_loss
-    _, h3 = train_classifier(data, config.replace(seed=1), TINY, "cpu", progress=False)
+    _, h3 = train_classifier(data, config.replace(seed=1), TINY, device="cpu", progress=False)
     assert h3.train_loss != h1.train_loss
 
 
@@ -98,7 +98,8 @@ def test_config_is_validated():
 def test_cache_round_trip(tmp_path, monkeypatch):
     data = toy_data()
     cache = tmp_path / "models"
-    model, history = trained_classifier(TINY, data, SMALL, "cpu", progress=False, cache=cache)
+    model, history = trained_classifier(TINY, data, SMALL, device="cpu", progress=False,
+                                        cache=cache)
     path = classifier_path(SMALL, TINY, cache)
     assert path.exists() and path.name.startswith("classifier-smoke-")
     assert list(cache.iterdir()) == [path]
@@ -108,7 +109,7 @@ def test_cache_round_trip(tmp_path, monkeypatch):
         raise AssertionError("the cached classifier should have been loaded")
 
     monkeypatch.setattr(classifier_module, "train_classifier", no_training)
-    loaded, loaded_history = trained_classifier(TINY, data, SMALL, "cpu", progress=False,
+    loaded, loaded_history = trained_classifier(TINY, data, SMALL, device="cpu", progress=False,
                                                 cache=cache)
     assert isinstance(loaded, DigitClassifier) and not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
@@ -116,4 +117,5 @@ def test_cache_round_trip(tmp_path, monkeypatch):
     assert loaded_history.val_loss == history.val_loss
     # another config is another file: it would train (and here fail loudly)
     with pytest.raises(AssertionError, match="cached classifier"):
-        trained_classifier(TINY, data, SMALL.replace(seed=5), "cpu", progress=False, cache=cache)
+        trained_classifier(TINY, data, SMALL.replace(seed=5), device="cpu", progress=False,
+                           cache=cache)

@@ -1,0 +1,73 @@
+"""Smoke tests of the benchmarks: each script runs end to end at toy sizes (``--tiny``), in a
+subprocess as a reader would start it, so that none of them drifts from the package unnoticed.
+
+The numbers they print at these sizes mean nothing; the tests check that every report line the
+README quotes is still printed, with finite numbers where it has them. They need the MNIST files
+(the scripts read real batches) and skip without them.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if p.name != "common.py")
+
+
+def run(script: str, *args: str, tmp_path: Path, mnist_root: Path) -> str:
+    env = dict(os.environ, CVAE_DATA_DIR=str(mnist_root), CVAE_CACHE_DIR=str(tmp_path / "cache"),
+               MPLBACKEND="Agg", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--tiny", *args],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (f"{script} --tiny failed (exit {result.returncode}):\n"
+                                    f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def numbers(line: str) -> list[float]:
+    return [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", line)]
+
+
+def test_every_script_has_a_smoke_test():
+    assert SCRIPTS == ["bench_book.py", "bench_epoch.py", "bench_is.py", "profile_step.py"]
+
+
+def test_bench_epoch(tmp_path, mnist_root):
+    out = run("bench_epoch.py", tmp_path=tmp_path, mnist_root=mnist_root)
+    for name in ("baseline / project", "baseline / tutorial", "cvae / project",
+                 "cvae / tutorial"):
+        (row,) = [line for line in out.splitlines() if line.startswith(name)]
+        values = numbers(row.removeprefix(name))
+        assert len(values) == 9 and all(math.isfinite(v) and v > 0 for v in values), row
+    assert re.search(r"ratio tutorial / project, cvae +: +\d+\.\d+x per epoch", out)
+    assert re.search(r"the issue's arithmetic limit, cvae +: .* % of the limit", out)
+    assert "VALIDATION: seconds per pass over 64 images" in out
+
+
+def test_bench_is(tmp_path, mnist_root):
+    out = run("bench_is.py", tmp_path=tmp_path, mnist_root=mnist_root)
+    assert re.search(r"importance sampling \(book config\), S=4, 20 test images, k=1", out)
+    assert re.search(r"MFLOP per image -> \d+\.\d+ GFLOP/s", out)
+    assert "per-image seeded noise alone" in out
+
+
+def test_profile_step(tmp_path, mnist_root):
+    out = run("profile_step.py", tmp_path=tmp_path, mnist_root=mnist_root)
+    assert "== baseline step (train_baseline: batch 256" in out
+    assert "== CVAE step (train_cvae after its first epoch: batch 256" in out
+    for group in ("matrix products", "Adam (optimizer)", "other"):
+        assert len(re.findall(rf"{re.escape(group)} +\d+\.\d+ ms/step", out)) == 2, group
+
+
+def test_bench_book_trains_into_a_fresh_cache(tmp_path, mnist_root):
+    out = run("bench_book.py", tmp_path=tmp_path, mnist_root=mnist_root)
+    assert "cvae_utils train --quadrants 1 --budget smoke" in out
+    assert "exit status 0" in out
+    assert re.search(r"wall time \d+ s", out) and re.search(r"peak resident memory .* MiB", out)
+    assert not (tmp_path / "cache").exists()  # a fresh temporary cache, not CVAE_CACHE_DIR
