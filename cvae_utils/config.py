@@ -5,8 +5,8 @@ Three frozen dataclasses describe what determines a trained model, and nothing e
 - `BaselineConfig`: the deterministic MLP of chapter "The baseline";
 - `CVAEConfig`: the conditional VAE of chapter "The CVAE in Pyro", with the `BaselineConfig` of
   the baseline it is built on as its field ``baseline``;
-- `ClassifierConfig`: the digit classifier that judges the completions (chapter "Variants and
-  beyond the tutorial").
+- `ClassifierConfig`: the digit classifier that judges the completions (chapter "Beyond the
+  table").
 
 The defaults are the book's recipe: ``CVAEConfig()`` is what the book trains and reports.
 `tutorial_config()` is the configuration of the Pyro tutorial, kept by name for the reference
