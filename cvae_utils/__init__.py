@@ -15,8 +15,8 @@ from .config import (BUDGETS, BaselineConfig, Budget, ClassifierConfig, CVAEConf
 from .data import (MNISTData, MNISTNotFoundError, QuadrantData, Split, input_mask, load_mnist,
                    make_quadrant_data, mask_quadrants)
 from .diversity import diversity_table, find_ambiguous, identity_diversity
-from .evaluate import (baseline_ncll, cll_table, cvae_importance_sampling, cvae_mc_prior,
-                       cvae_neg_elbo, format_table)
+from .evaluate import baseline_ncll, cvae_importance_sampling, cvae_mc_prior, cvae_neg_elbo
+from .tables import cll_table, format_table
 from .networks import CVAE, BaselineNet, Decoder, Encoder, masked_bce
 from .train import History, train_baseline, train_cvae
 
@@ -36,8 +36,10 @@ __all__ = [
 
 # beyond the tutorial: the variants of the model and the examples of changed digits
 from .beyond import ambiguous_examples  # noqa: E402
-from .variants import (VARIANTS, plot_variants, torchzq_ablation, variant_config,  # noqa: E402
-                       variants_budget, variants_table)
+from .plotting import plot_variants  # noqa: E402
+from .tables import variants_table  # noqa: E402
+from .variants import (VARIANTS, torchzq_ablation, variant_config,  # noqa: E402
+                       variants_budget)
 
 __all__ += ["VARIANTS", "variant_config", "variants_budget", "variants_table", "torchzq_ablation",
             "plot_variants", "ambiguous_examples"]
