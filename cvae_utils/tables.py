@@ -207,17 +207,16 @@ class _Scores:
         self.stderrs[row][str(k)] = None if math.isnan(estimate.stderr) else estimate.stderr
 
 
-def _long_csv(frame: "pd.DataFrame") -> str:
+def _long_csv(frame: "pd.DataFrame", ks: Sequence[int]) -> str:
     """One line per (row, quadrant count): key, label, estimator, num_quadrants, inputs, mean,
     stderr, per_pixel (the mean over the 196 * (4 - k) output pixels)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["key", "label", "estimator", "num_quadrants", "inputs", "mean", "stderr",
                      "per_pixel"])
-    inputs = list(dict.fromkeys(frame.columns.get_level_values("inputs")))
     for row in frame.index:
-        for label in inputs:
-            k = int(label.split()[0])
+        for k in ks:
+            label = quadrant_label(k)
             mean = float(frame.loc[row, (label, "mean")])
             stderr = float(frame.loc[row, (label, "stderr")])
             writer.writerow([row, frame.attrs["labels"][row], frame.attrs["estimators"][row], k,
@@ -232,7 +231,7 @@ def _store(paths: tuple[Path, Path], key: dict, scores: _Scores, frame: "pd.Data
                        "rows": list(frame.index), "labels": frame.attrs["labels"],
                        "estimators": frame.attrs["estimators"], "mean": scores.means,
                        "stderr": scores.stderrs}, indent=1, sort_keys=True)
-    for path, content in ((csv_path, _long_csv(frame)), (json_path, text)):
+    for path, content in ((csv_path, _long_csv(frame, key["num_quadrants"])), (json_path, text)):
         write_atomically(path, lambda tmp, content=content: tmp.write_text(content,
                                                                            encoding="utf-8"))
 
@@ -459,7 +458,7 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
 
 def published_table() -> "pd.DataFrame":
     """`PUBLISHED` as a DataFrame: index (source, method), the row keys of `PUBLISHED`; columns
-    "label", "estimator" (the `cll_table` row it is comparable with, None if none), then "1
+    "label", "estimator" (the `cll_table` row it is comparable with, missing if none), then "1
     quadrant", "2 quadrants", "3 quadrants" (NaN where a source gives no number)."""
     import pandas as pd
 
