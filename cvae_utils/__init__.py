@@ -1,43 +1,48 @@
 """cvae_utils: the tested helper package behind the book on conditional VAEs (Sohn et al., 2015).
 
-Modules follow the book's story: `config` (hyperparameters and budgets), `data` (MNIST, splits,
-quadrant masking, batching), `networks` (baseline, encoders, decoder, the Pyro model and guide),
-`train` (training loops with early stopping), `cache` (trained models shared between chapters),
-`evaluate` (the CLL estimators and table), `plotting` and `animation` (figures), and, beyond the
-tutorial, `classifier`, `diversity` (how often samples change the digit) and `complete`
-(completing any partial digit). Run ``python -m cvae_utils train --help`` to pre-train models.
+Modules follow the book's story (`ARCHITECTURE.md` has a paragraph on each): `config`
+(hyperparameters and budgets), `data` (MNIST, splits, quadrant masking), `networks` (baseline,
+encoders, decoder, the Pyro model and guide), `train` (the training loops), `optim` and `speed`
+(the optimiser, the weight average, the precision), `cache` (trained models shared between
+chapters), `evaluate` (the CLL estimators), `tables` (the CLL and variants tables), `variants`,
+`plotting` and `animation` (figures), and beyond the tutorial `classifier`, `diversity` (how
+often samples change the digit) and `complete` (completing any partial digit). Run
+``python -m cvae_utils train --help`` to pre-train models.
+
+This namespace holds what the chapters and the README use; everything else is imported from its
+module.
 """
 from .cache import trained_baseline, trained_cvae
 from .classifier import classifier_accuracy, trained_classifier
 from .complete import complete_digit, draw_digit_strokes
 from .config import (BUDGETS, BaselineConfig, Budget, ClassifierConfig, CVAEConfig, book_config,
                      get_budget, tutorial_config)
-from .data import (MNISTData, MNISTNotFoundError, QuadrantData, Split, input_mask, load_mnist,
-                   make_quadrant_data, mask_quadrants)
-from .diversity import diversity_table, find_ambiguous, identity_diversity
-from .evaluate import (baseline_ncll, cll_table, cvae_importance_sampling, cvae_mc_prior,
-                       cvae_neg_elbo, format_table)
+from .data import (MNISTData, MNISTDataError, MNISTNotFoundError, QuadrantData, Split,
+                   input_mask, load_mnist, make_quadrant_data, mask_quadrants)
+from .diversity import ambiguous_examples, diversity_table, find_ambiguous, identity_diversity
+from .evaluate import (baseline_ncll, cvae_importance_sampling, cvae_mc_prior, cvae_neg_elbo)
 from .networks import CVAE, BaselineNet, Decoder, Encoder, masked_bce
+from .tables import cll_table, format_table, variants_table
 from .train import History, train_baseline, train_cvae
+from .variants import VARIANTS, torchzq_ablation, variant_config, variants_budget
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "BUDGETS", "BaselineConfig", "Budget", "ClassifierConfig", "CVAEConfig", "book_config", "get_budget",
-    "tutorial_config",
-    "MNISTData", "MNISTNotFoundError", "QuadrantData", "Split", "input_mask", "load_mnist",
-    "make_quadrant_data", "mask_quadrants",
-    "CVAE", "BaselineNet", "Decoder", "Encoder", "masked_bce",
-    "History", "train_baseline", "train_cvae", "trained_baseline", "trained_cvae",
+    # configuration and budgets
+    "BUDGETS", "BaselineConfig", "Budget", "ClassifierConfig", "CVAEConfig", "book_config",
+    "get_budget", "tutorial_config",
+    # data
+    "MNISTData", "MNISTDataError", "MNISTNotFoundError", "QuadrantData", "Split", "input_mask",
+    "load_mnist", "make_quadrant_data", "mask_quadrants",
+    # networks, training and the cache
+    "CVAE", "BaselineNet", "Decoder", "Encoder", "masked_bce", "History", "train_baseline",
+    "train_cvae", "trained_baseline", "trained_cvae",
+    # evaluation and tables
     "baseline_ncll", "cvae_neg_elbo", "cvae_mc_prior", "cvae_importance_sampling", "cll_table",
-    "format_table", "trained_classifier", "classifier_accuracy", "identity_diversity",
-    "diversity_table", "find_ambiguous", "complete_digit", "draw_digit_strokes",
+    "format_table", "VARIANTS", "variant_config", "variants_budget", "variants_table",
+    "torchzq_ablation",
+    # beyond the table
+    "trained_classifier", "classifier_accuracy", "identity_diversity", "diversity_table",
+    "find_ambiguous", "ambiguous_examples", "complete_digit", "draw_digit_strokes",
 ]
-
-# beyond the tutorial: the variants of the model and the examples of changed digits
-from .diversity import ambiguous_examples  # noqa: E402
-from .variants import (VARIANTS, plot_variants, torchzq_ablation, variant_config,  # noqa: E402
-                       variants_budget, variants_table)
-
-__all__ += ["VARIANTS", "variant_config", "variants_budget", "variants_table", "torchzq_ablation",
-            "plot_variants", "ambiguous_examples"]

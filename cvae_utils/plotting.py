@@ -12,7 +12,9 @@ baseline" and "The CVAE in Pyro" `plot_loss_curves`, `plot_completions`; chapter
 generative models" `plot_graphical_models`, `plot_estimator_intuition`; chapter "Training,
 animated" `plot_training_frame` (drawn frame by frame by `cvae_utils.animation`); chapter
 "Evaluation" `plot_completions`, `plot_cll_comparison`, `plot_estimator_convergence`; chapter
-"Beyond the table" `plot_identity_groups`, `plot_completion`.
+"Variants of the model" `plot_variants`; chapter "Beyond the table" `plot_identity_groups`,
+`plot_completion`. The table figures pick rows by their keys (see `cvae_utils.tables`), never by
+their labels.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ __all__ = [
     "nearest_neighbours", "most_ambiguous", "plot_ambiguity",
     "plot_loss_curves", "Completions", "completions", "baseline_completions", "plot_completions",
     "plot_training_frame", "update_training_frame", "plot_graphical_models", "plot_estimator_intuition",
-    "method_family", "plot_cll_comparison", "plot_estimator_convergence",
+    "ESTIMATOR_STYLE", "plot_cll_comparison", "plot_estimator_convergence", "plot_variants",
     "plot_identity_groups", "plot_completion",
 ]
 
@@ -556,68 +558,50 @@ def plot_estimator_intuition(likelihood=(1.8, 0.3), proposal_shift=0.1,
 
 
 # ------------------------------------------------------------------------ chapter "Evaluation"
-FAMILY_STYLE = {  # estimator family: (label, colour, marker)
-    "nn": ("NN baseline", "#666666", "o"),
-    "elbo": ("CVAE $-$ELBO", "#7570b3", "s"),
-    "mc": ("CVAE MC prior", "#1b9e77", "^"),
-    "is": ("CVAE IS", "#d95f02", "D"),
+ESTIMATOR_STYLE = {  # row key of the CLL table: (label, colour, marker)
+    "baseline": ("NN baseline", "#666666", "o"),
+    "neg_elbo": ("CVAE $-$ELBO", "#7570b3", "s"),
+    "mc_prior": ("CVAE MC prior", "#1b9e77", "^"),
+    "importance": ("CVAE IS", "#d95f02", "D"),
 }
-
-
-def method_family(name: str) -> str | None:
-    """Which estimator a row of a CLL table is: "nn", "elbo", "mc", "is" or None (a gap row)."""
-    lowered = name.lower()
-    if "gap" in lowered:
-        return None
-    if "elbo" in lowered:
-        return "elbo"
-    if "cvae is" in lowered or "importance" in lowered:
-        return "is"
-    if "mc prior" in lowered or "monte carlo" in lowered:
-        return "mc"
-    if "nn" in lowered or "baseline" in lowered:
-        return "nn"
-    return None
 
 
 def plot_cll_comparison(table, published=None) -> Figure:
     """The negative CLL of each estimator with its standard error, beside published numbers.
 
-    ``table``: the DataFrame of `cvae_utils.evaluate.cll_table` (index "method", columns
-    (inputs, statistic) with statistic "mean" and "stderr"). ``published``: optionally that of
-    `cvae_utils.evaluate.published_table` (index (source, method), columns like the inputs).
-    One axes per quadrant count; filled markers with 2-standard-error bars are this book's
-    numbers, hollow markers the published ones, matched to the estimator they report.
+    ``table``: the DataFrame of `cvae_utils.tables.cll_table` (rows by key: "baseline",
+    "neg_elbo", "mc_prior", "importance", and "gap", which is not drawn; columns (inputs,
+    statistic) with statistic "mean" and "stderr"). ``published``: optionally that of
+    `cvae_utils.tables.published_table`, each row placed at the estimator its "estimator" column
+    names. One axes per quadrant count; filled markers with 2-standard-error bars are this book's
+    numbers, hollow markers the published ones. Rows are picked by key, never by label.
     """
     inputs = list(dict.fromkeys(table.columns.get_level_values("inputs")))
-    families = [f for f in FAMILY_STYLE if any(method_family(m) == f for m in table.index)]
+    keys = [key for key in ESTIMATOR_STYLE if key in table.index]
     fig = _new_figure((3.0 * len(inputs) + 0.4, 3.6))
     axes = fig.subplots(1, len(inputs), squeeze=False)[0]
     sources = [] if published is None else list(dict.fromkeys(
         published.index.get_level_values("source")))
     hollow = ["o", "v", "P", "X"]
     for ax, label in zip(axes, inputs):
-        for position, family in enumerate(families):
-            name, colour, marker = FAMILY_STYLE[family]
-            for method in table.index:
-                if method_family(method) != family:
-                    continue
-                mean = float(table.loc[method, (label, "mean")])
-                stderr = float(table.loc[method, (label, "stderr")])
-                ax.errorbar([position], [mean], yerr=[2 * stderr if np.isfinite(stderr) else 0],
-                            fmt=marker, color=colour, ms=7, capsize=4, lw=1.5,
-                            label="this book" if position == 0 else None)
+        for position, key in enumerate(keys):
+            _, colour, marker = ESTIMATOR_STYLE[key]
+            mean = float(table.loc[key, (label, "mean")])
+            stderr = float(table.loc[key, (label, "stderr")])
+            ax.errorbar([position], [mean], yerr=[2 * stderr if np.isfinite(stderr) else 0],
+                        fmt=marker, color=colour, ms=7, capsize=4, lw=1.5,
+                        label="this book" if position == 0 else None)
             for s, source in enumerate(sources):
                 rows = published.xs(source, level="source")
-                for method in rows.index:
-                    value = rows.loc[method, label] if label in rows.columns else np.nan
-                    if method_family(method) == family and np.isfinite(value):
+                for row in rows.index[rows["estimator"] == key]:
+                    value = rows.loc[row, label] if label in rows.columns else np.nan
+                    if np.isfinite(value):
                         ax.plot([position + 0.22], [value], hollow[s % len(hollow)],
                                 mfc="none", mec="black", ms=7, mew=1.2)
-        ax.set_xticks(range(len(families)))
-        ax.set_xticklabels([FAMILY_STYLE[f][0].replace("CVAE ", "CVAE\n") for f in families],
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([ESTIMATOR_STYLE[key][0].replace("CVAE ", "CVAE\n") for key in keys],
                            fontsize=8)
-        ax.set_xlim(-0.5, len(families) - 0.3)
+        ax.set_xlim(-0.5, len(keys) - 0.3)
         ax.set_title(label, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel(r"$-\log p(y\mid x)$, nats per image")
@@ -635,18 +619,18 @@ def plot_estimator_convergence(sweep, reference: float | None = None,
                                reference_label: str = "NN baseline") -> Figure:
     """Mean estimate of -log p(y|x) against the number of samples S, one line per estimator.
 
-    ``sweep``: a DataFrame indexed by S with one column per estimator (names as in the CLL
-    table, e.g. "CVAE MC prior"), values in nats per image on the same images. ``reference``:
-    an optional horizontal line, e.g. the baseline's exact value.
+    ``sweep``: a DataFrame indexed by S with one column per estimator, named by the row keys of
+    the CLL table ("neg_elbo", "mc_prior", "importance"; another name is drawn in a default
+    style, labelled by itself), values in nats per image on the same images. ``reference``: an
+    optional horizontal line, e.g. the baseline's exact value.
     """
     fig = _new_figure((5.6, 3.4))
     ax = fig.subplots()
     for column in sweep.columns:
-        family = method_family(column)
-        name, colour, marker = FAMILY_STYLE.get(family, (column, None, "o"))
+        name, colour, marker = ESTIMATOR_STYLE.get(column, (column, None, "o"))
         ax.plot(sweep.index, sweep[column], marker=marker, color=colour, label=name, lw=1.5)
     if reference is not None:
-        ax.axhline(reference, color=FAMILY_STYLE["nn"][1], ls="--", lw=1.2,
+        ax.axhline(reference, color=ESTIMATOR_STYLE["baseline"][1], ls="--", lw=1.2,
                    label=reference_label)
     ax.set_xscale("log")
     ax.set_xlabel("samples of $z$ per image, $S$")
@@ -654,6 +638,50 @@ def plot_estimator_convergence(sweep, reference: float | None = None,
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, frameon=False)
     return fig
+
+
+# --------------------------------------------------------------- chapter "Variants of the model"
+def plot_variants(table) -> Figure:
+    """The variants table as a dot plot: one panel per quadrant setting, one row per variant.
+
+    ``table``: the DataFrame of `cvae_utils.tables.variants_table` (rows by key, "baseline"
+    first; labels and estimators in ``attrs``). Markers are means with error bars of two
+    standard errors over test images; the row keyed "baseline" is grey (and a dashed line across
+    the panel), rows estimated by Monte Carlo from the prior are hollow. The tick labels are the
+    rows' labels.
+    """
+    inputs = list(dict.fromkeys(table.columns.get_level_values("inputs")))
+    keys = list(table.index)
+    labels = table.attrs.get("labels", {})
+    estimators = table.attrs.get("estimators", {})
+    fig = _new_figure((2.6 * len(inputs) + 2.4, 0.42 * len(keys) + 1.3))
+    axes = fig.subplots(1, len(inputs), squeeze=False, sharey=True)[0]
+    positions = np.arange(len(keys))[::-1]                  # first row at the top
+    for ax, label in zip(axes, inputs):
+        for y, key in zip(positions, keys):
+            mean = float(table.loc[key, (label, "mean")])
+            stderr = float(table.loc[key, (label, "stderr")])
+            colour = "#7f7f7f" if key == "baseline" else "#1b9e77"
+            hollow = estimators.get(key, "importance") == "mc_prior"
+            ax.errorbar([mean], [y], xerr=[2 * stderr if np.isfinite(stderr) else 0],
+                        fmt="s" if key == "baseline" else "o", color=colour, capsize=3, ms=6,
+                        mfc="white" if hollow else colour, lw=1.4)
+            if key == "baseline":
+                ax.axvline(mean, color=colour, ls="--", lw=0.9)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel(r"$-\log p(y\mid x)$, nats")
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.15)
+    axes[0].set_yticks(positions)
+    axes[0].set_yticklabels([labels.get(key, key) for key in keys], fontsize=8)
+    handles = [matplotlib.lines.Line2D([], [], ls="none", marker="o", color="#1b9e77",
+                                       label="importance sampling (± 2 s.e.)"),
+               matplotlib.lines.Line2D([], [], ls="none", marker="o", color="#1b9e77",
+                                       mfc="white", label="MC from the prior (± 2 s.e.)"),
+               matplotlib.lines.Line2D([], [], ls="--", marker="s", color="#7f7f7f",
+                                       label="baseline (exact)")]
+    fig.legend(handles=handles, fontsize=8, frameon=False, loc="outside lower center",
+               ncols=len(handles))
 
 
 # ------------------------------------------------------------------- chapter "Beyond the table"

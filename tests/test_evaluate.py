@@ -1,12 +1,16 @@
-"""Tests of cvae_utils.evaluate: the -log p(y|x) estimators and the CLL table.
+"""Tests of cvae_utils.evaluate (the -log p(y|x) estimators) and of the CLL table of
+cvae_utils.tables.
 
 The estimators are checked against independent references: a linear-Gaussian toy model whose
 p(y|x), exact posterior and KL divergences are known in closed form, and torch's own binary
 cross-entropy for the baseline. The CVAE wrappers run on tiny randomly initialised CVAEs with
-synthetic images; only the table test needs MNIST (skipped when it is absent).
+synthetic images. The table tests need MNIST (skipped when it is absent): the table's cells
+against the estimators called directly on the same cached models, its files and cache, its key
+(which follows the estimators' code and the models' keys, not the labels), and rows by key.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -16,16 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Independent, Normal
 
-from cvae_utils import evaluate
-from cvae_utils.config import CVAEConfig
-from cvae_utils.data import MNISTNotFoundError, QuadrantData, load_mnist, mask_quadrants
+from cvae_utils import cache as cache_module
+from cvae_utils import evaluate, tables
+from cvae_utils.cache import trained_baseline, trained_cvae
+from cvae_utils.config import CVAEConfig, get_budget
+from cvae_utils.data import (MNISTNotFoundError, QuadrantData, load_mnist, make_quadrant_data,
+                             mask_quadrants)
 from cvae_utils.evaluate import (
-    PUBLISHED, Conditional, Estimate, baseline_ncll, cll_table, cvae_conditional,
-    cvae_importance_sampling, cvae_mc_prior, cvae_neg_elbo, estimate_nll, format_table,
-    log_mean_exp, neg_elbo, neg_log_importance, published_table, standard_normal_noise,
-    table_rows,
+    Conditional, Estimate, baseline_ncll, cvae_conditional, cvae_importance_sampling,
+    cvae_mc_prior, cvae_neg_elbo, estimate_nll, log_mean_exp, neg_elbo, neg_log_importance,
+    standard_normal_noise,
 )
 from cvae_utils.networks import CVAE, BaselineNet
+from cvae_utils.tables import (CLL_ROWS, PUBLISHED, cll_labels, cll_table, format_table,
+                               published_table)
 
 TINY = CVAEConfig(hidden_1=32, hidden_2=32, z_dim=4)
 
@@ -333,59 +341,175 @@ def mnist():
         pytest.skip(f"MNIST is not available: {error}")
 
 
-def test_cll_table_layout_files_and_cache(mnist, tmp_path, monkeypatch):
-    monkeypatch.setenv("CVAE_BUDGET", "smoke")
-    # two of the three quadrant counts keep it quick, and check that only those are columns
-    kwargs = dict(num_quadrants=(1, 3), config=TINY, data=mnist, num_samples=4, elbo_samples=2,
-                  device="cpu", cache=tmp_path, progress=False)
-    table = cll_table(**kwargs)
-    rows = table_rows(4, 2)
-    assert rows == ["NN baseline", "CVAE -ELBO (S=2)", "CVAE MC prior (S=4)", "CVAE IS (S=4)",
-                    "Performance gap (NN - CVAE IS)"]
-    assert list(table.index) == rows
+# two of the three quadrant counts keep it quick, and check that only those are columns
+TABLE_ARGS = dict(num_quadrants=(1, 3), config=TINY, budget="smoke", num_samples=4,
+                  elbo_samples=2, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def cached_table(mnist, tmp_path_factory):
+    """The CLL table of TINY at the smoke budget, computed once into a fresh cache."""
+    directory = tmp_path_factory.mktemp("cll-cache")
+    return cll_table(**TABLE_ARGS, data=mnist, cache=directory), directory
+
+
+def forbid(monkeypatch, module, names):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the cached table should have been used")
+    for name in names:
+        monkeypatch.setattr(module, name, forbidden)
+
+
+def test_cll_table_cells_are_the_estimators_on_the_cached_models(cached_table, mnist):
+    """Every cell is exactly (bit for bit) what the estimator gives when called directly on the
+    same cached models and test images, with the same S and seed."""
+    table, directory = cached_table
+    assert list(table.index) == list(CLL_ROWS) == ["baseline", "neg_elbo", "mc_prior",
+                                                   "importance", "gap"]
+    test_split = mnist.subset(get_budget("smoke")).test
+    for k in (1, 3):
+        cvae = trained_cvae(k, TINY, "smoke", mnist, device="cpu", cache=directory)[0]
+        test = make_quadrant_data(test_split, k)
+        expected = {"baseline": baseline_ncll(cvae.baseline, test),
+                    "neg_elbo": cvae_neg_elbo(cvae, test, 2, seed=0),
+                    "mc_prior": cvae_mc_prior(cvae, test, 4, seed=0),
+                    "importance": cvae_importance_sampling(cvae, test, 4, seed=0)}
+        gap = expected["baseline"].values - expected["importance"].values      # (N,)
+        expected["gap"] = Estimate.from_values("gap", gap, 4, 196 * (4 - k))
+        label = tables.quadrant_label(k)
+        for row, estimate in expected.items():
+            assert table.loc[row, (label, "mean")] == estimate.mean, (row, k)
+            assert table.loc[row, (label, "stderr")] == estimate.stderr, (row, k)
+
+
+def test_cll_table_layout_labels_files_and_cache(cached_table, mnist, monkeypatch):
+    table, directory = cached_table
     assert list(table.columns) == [(f"{k} quadrant{'s' if k > 1 else ''}", stat)
                                    for k in (1, 3) for stat in ("mean", "stderr")]
     assert table.notna().all().all() and (table.xs("stderr", axis=1, level=1) > 0).all().all()
-    means = table.xs("mean", axis=1, level="statistic")
-    gap = means.loc["NN baseline"] - means.loc["CVAE IS (S=4)"]
-    assert (gap - means.loc["Performance gap (NN - CVAE IS)"]).abs().max() < 1e-6
+    assert table.attrs["labels"] == cll_labels(4, 2) == {
+        "baseline": "NN baseline", "neg_elbo": "CVAE -ELBO (S=2)",
+        "mc_prior": "CVAE MC prior (S=4)", "importance": "CVAE IS (S=4)",
+        "gap": "Performance gap (NN - CVAE IS)"}
+    assert table.attrs["estimators"]["mc_prior"] == "mc_prior"
     assert table.attrs["budget"] == "smoke" and table.attrs["num_test"] == 256
 
-    csv_files, json_files = list(tmp_path.glob("cll-table-smoke-*.csv")), \
-        list(tmp_path.glob("cll-table-smoke-*.json"))
+    csv_files = list(directory.glob("cll-table-smoke-*.csv"))
+    json_files = list(directory.glob("cll-table-smoke-*.json"))
     assert len(csv_files) == 1 and len(json_files) == 1
+    assert table.attrs["json"] == str(json_files[0])
     long = pd.read_csv(csv_files[0])
-    assert list(long.columns) == ["method", "num_quadrants", "inputs", "mean", "stderr",
-                                  "per_pixel"]
-    assert len(long) == 5 * 2 and long["method"].tolist()[::2] == rows
+    assert list(long.columns) == ["key", "label", "estimator", "num_quadrants", "inputs", "mean",
+                                  "stderr", "per_pixel"]
+    assert len(long) == 5 * 2 and long["key"].tolist()[::2] == list(CLL_ROWS)
+    assert long["label"].tolist()[::2] == list(cll_labels(4, 2).values())
     first = long.iloc[0]
-    assert first["mean"] == pytest.approx(table.loc["NN baseline", ("1 quadrant", "mean")])
+    assert first["mean"] == table.loc["baseline", ("1 quadrant", "mean")]  # repr round-trips
     assert first["per_pixel"] == pytest.approx(first["mean"] / 588)
     stored = json.loads(json_files[0].read_text())
-    assert stored["rows"] == rows and stored["key"]["num_samples"] == 4
-
-    # a corrupt cached table is reported and recomputed from the cached models (not retrained)
-    models = {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.pt")}
-    assert len(models) == 4                                  # baseline and CVAE for k = 1, 3
-    json_files[0].write_text("{not json")
-    with pytest.warns(UserWarning, match="bad cached CLL table"):
-        recomputed = cll_table(**kwargs)
-    assert recomputed.equals(table)                          # fixed seed: the same numbers
-    assert {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.pt")} == models
-    mtimes = (csv_files[0].stat().st_mtime_ns, json_files[0].stat().st_mtime_ns)
+    assert stored["rows"] == list(CLL_ROWS) and stored["key"]["num_samples"] == 4
 
     # a second call reads the cache: nothing is loaded, trained or estimated again
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the cached table should have been used")
-    for name in ("trained_cvae", "load_mnist", "cvae_importance_sampling", "baseline_ncll"):
-        monkeypatch.setattr(evaluate, name, forbidden)
-    again = cll_table(**{**kwargs, "data": None})
-    assert again.equals(table)
+    mtimes = (csv_files[0].stat().st_mtime_ns, json_files[0].stat().st_mtime_ns)
+    forbid(monkeypatch, tables, ("trained_cvae", "trained_baseline", "load_mnist",
+                                 "cvae_importance_sampling", "baseline_ncll"))
+    again = cll_table(**TABLE_ARGS, cache=directory)
+    assert again.equals(table) and again.attrs["labels"] == table.attrs["labels"]
     assert (csv_files[0].stat().st_mtime_ns, json_files[0].stat().st_mtime_ns) == mtimes
 
+
+def test_bad_cached_table_is_recomputed_from_the_cached_models(mnist, tmp_path, monkeypatch):
+    kwargs = dict(TABLE_ARGS, num_quadrants=(1,), data=mnist, cache=tmp_path)
+    table = cll_table(**kwargs)
+    models = {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.pt")}
+    assert len(models) == 2                                  # baseline and CVAE for k = 1
+    (json_file,) = tmp_path.glob("cll-table-smoke-*.json")
+    # an unreadable file, then a readable one of another key: each is reported and recomputed
+    for bad in ("{not json", json.dumps({"key": {"kind": "cll-table"}, "rows": []})):
+        json_file.write_text(bad)
+        with monkeypatch.context() as patch:
+            forbid(patch, cache_module, ("train_cvae", "train_baseline"))
+            with pytest.warns(UserWarning, match="bad cached CLL table"):
+                recomputed = cll_table(**kwargs)
+        assert recomputed.equals(table)                      # fixed seed: the same numbers
+        assert {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.pt")} == models
+    assert json.loads(json_file.read_text())["rows"] == list(CLL_ROWS)
+
+
+CHANGED_ESTIMATOR = """
+def neg_log_importance(conditional, eps):
+    return -log_mean_exp(_log_weights(conditional, eps), dim=0) + 0.0
+"""
+
+
+def test_table_key_follows_the_estimators_code_and_the_models_keys(cached_table, monkeypatch):
+    """The cached table is found again only while the evaluation code and every model's key are
+    unchanged: a changed estimator, or a changed model key, is another table (computed anew);
+    a changed docstring, comment or label is the same table."""
+    table, directory = cached_table
+    source = inspect.getsource(evaluate)
+    recompute = "the cached table should have been used"
+    real = inspect.getsource
+
+    def with_source(text):
+        """Pretend evaluate.py reads ``text``: what code_digest hashes."""
+        assert text != source
+
+        def fake(obj):
+            return text if obj is evaluate else real(obj)
+        monkeypatch.setattr(cache_module.inspect, "getsource", fake)
+        cache_module.code_digest.cache_clear()
+
+    try:
+        forbid(monkeypatch, tables, ("trained_cvae", "load_mnist"))
+        # prose only: a new docstring and a comment leave the key, and the cached table, alone
+        with_source(source.replace('"""Importance sampling:', '"""Importance-sampled estimate:')
+                    .replace("# Over a data set", "# Over a whole data set"))
+        assert cll_table(**TABLE_ARGS, cache=directory).equals(table)
+        # a label is not part of the key either
+        monkeypatch.setitem(tables.CLL_LABELS, "importance", "CVAE importance sampling")
+        relabelled = cll_table(**TABLE_ARGS, cache=directory)
+        assert relabelled.equals(table)
+        assert relabelled.attrs["labels"]["importance"] == "CVAE importance sampling (S=4)"
+        # a changed estimator is another table: the cache is not used, the models are asked for
+        with_source(source.replace(real(evaluate.neg_log_importance), CHANGED_ESTIMATOR.lstrip()))
+        with pytest.raises(AssertionError, match=recompute):
+            cll_table(**TABLE_ARGS, cache=directory)
+    finally:
+        monkeypatch.undo()
+        cache_module.code_digest.cache_clear()
+    # the same for a changed model key (here: the CVAE's, e.g. a retrained model)
+    real_key = tables.model_key
+    monkeypatch.setattr(tables, "model_key", lambda kind, *args: {
+        **real_key(kind, *args), **({"retrained": True} if kind == "cvae" else {})})
+    forbid(monkeypatch, tables, ("trained_cvae", "load_mnist"))
+    with pytest.raises(AssertionError, match=recompute):
+        cll_table(**TABLE_ARGS, cache=directory)
+    monkeypatch.setattr(tables, "model_key", real_key)
+    assert cll_table(**TABLE_ARGS, cache=directory).equals(table)
+
+
+def test_rows_are_picked_by_key_not_label(cached_table):
+    """Relabelling a row changes what `format_table` shows, not which numbers a key selects."""
+    table, _ = cached_table
+    relabelled = table.copy()
+    relabelled.attrs = {**table.attrs, "labels": {**table.attrs["labels"],
+                                                  "importance": "NN baseline (not really)",
+                                                  "baseline": "CVAE IS (S=4)"}}
+    assert relabelled.loc["importance"].equals(table.loc["importance"])
+    strings = format_table(relabelled)
+    assert strings.loc["NN baseline (not really)", "1 quadrant"] == \
+        format_table(table).loc["CVAE IS (S=4)", "1 quadrant"]
+
+
+def test_format_table_shows_labels_beside_the_published_numbers(cached_table):
+    table, _ = cached_table
     strings = format_table(table)
     assert list(strings.columns) == ["1 quadrant", "3 quadrants"]
-    assert " ± " in strings.loc["CVAE IS (S=4)", "1 quadrant"]
+    assert list(strings.index) == list(cll_labels(4, 2).values())
+    mean, stderr = (table.loc["importance", ("1 quadrant", statistic)]
+                    for statistic in ("mean", "stderr"))
+    assert strings.loc["CVAE IS (S=4)", "1 quadrant"] == f"{mean:.1f} ± {stderr:.1f}"
     with_published = format_table(table, published=True)
     assert with_published.loc[("Pyro tutorial", "NN baseline"), "3 quadrants"] == "25.4"
     assert with_published.loc[("TorchZQ", "CVAE IS (S=100)"), "3 quadrants"] == "—"
@@ -393,12 +517,18 @@ def test_cll_table_layout_files_and_cache(mnist, tmp_path, monkeypatch):
         strings.loc["NN baseline", "1 quadrant"]
 
 
-def test_published_numbers():
+def test_published_numbers_by_key():
     frame = published_table()
-    assert frame.loc[("Pyro tutorial", "NN baseline")].tolist() == [100.4, 61.9, 25.4]
-    tutorial_cvae = PUBLISHED["Pyro tutorial"]['CVAE "Monte Carlo" (in fact -ELBO)']
-    assert tutorial_cvae == (71.8, 51.0, 24.2)
-    assert frame.loc[("TorchZQ", "CVAE IS (S=100)"), "1 quadrant"] == pytest.approx(72.255)
+    inputs = ["1 quadrant", "2 quadrants", "3 quadrants"]
+    assert frame.loc[("Pyro tutorial", "baseline"), inputs].tolist() == [100.4, 61.9, 25.4]
+    assert PUBLISHED["Pyro tutorial"]["neg_elbo"].values == (71.8, 51.0, 24.2)
+    assert frame.loc[("Pyro tutorial", "neg_elbo"), "label"] == \
+        'CVAE "Monte Carlo" (in fact -ELBO)'
+    assert frame.loc[("TorchZQ", "importance"), "1 quadrant"] == pytest.approx(72.255)
+    # every published row names the row of ours it is comparable with, or none
+    assert set(frame["estimator"].dropna()) <= set(CLL_ROWS)
+    assert frame.loc[("Pyro tutorial", "neg_elbo"), "estimator"] == "neg_elbo"
+    assert pd.isna(frame.loc[("Pyro tutorial", "gap"), "estimator"])  # their gap: to the -ELBO
 
 
 def test_estimate_is_a_frozen_record():
@@ -416,8 +546,11 @@ def test_jointly_trained_baseline_is_not_the_nn_row(mnist, tmp_path, monkeypatch
                   cache=tmp_path, progress=False)
     joint = cll_table(config=TINY.replace(joint_baseline=True), **kwargs)
     frozen = cll_table(config=TINY, **kwargs)
-    cell = ("NN baseline", ("1 quadrant", "mean"))
+    cell = ("baseline", ("1 quadrant", "mean"))
     assert joint.loc[cell] == pytest.approx(frozen.loc[cell], abs=1e-4)
+    baseline = trained_baseline(1, TINY, data=mnist, device="cpu", cache=tmp_path)[0]
+    test = make_quadrant_data(mnist.subset(get_budget("smoke")).test, 1)
+    assert joint.loc[cell] == baseline_ncll(baseline, test).mean
 
 
 def test_noise_is_per_image_and_the_same_whatever_the_thread_count():

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from cvae_utils import CVAE, BaselineNet, CVAEConfig, History, input_mask, make_quadrant_data
 from cvae_utils import animation, plotting
-from cvae_utils.evaluate import published_table
+from cvae_utils.tables import make_table, published_table
 
 SMALL = CVAEConfig(hidden_1=32, hidden_2=16, z_dim=4)
 STEP = 28 + 2  # a tile and its padding in `tile_images`
@@ -52,16 +52,15 @@ def small_cvae():
     return CVAE(BaselineNet(SMALL), SMALL).eval()
 
 
-def fake_table(ks=(1, 2, 3)) -> pd.DataFrame:
-    """A table shaped like `cll_table`'s: index "method", columns (inputs, statistic)."""
-    rows = ["NN baseline", "CVAE -ELBO (S=10)", "CVAE MC prior (S=100)", "CVAE IS (S=100)",
-            "Performance gap (NN - CVAE IS)"]
-    labels = [f"{k} quadrant" + ("s" if k > 1 else "") for k in ks]
-    columns = pd.MultiIndex.from_product([labels, ["mean", "stderr"]],
-                                         names=["inputs", "statistic"])
-    values = np.array([[100.0, 1.0] * len(ks), [80.0, 0.5] * len(ks), [78.0, 0.6] * len(ks),
-                       [75.0, 0.6] * len(ks), [25.0, 0.8] * len(ks)])
-    return pd.DataFrame(values, index=pd.Index(rows, name="method"), columns=columns)
+CLL_VALUES = {"baseline": (100.0, 1.0), "neg_elbo": (80.0, 0.5), "mc_prior": (78.0, 0.6),
+              "importance": (75.0, 0.6), "gap": (25.0, 0.8)}
+
+
+def fake_table(ks=(1, 2, 3), labels=None) -> pd.DataFrame:
+    """A table shaped like `cll_table`'s: rows by key, columns (inputs, statistic)."""
+    return make_table({key: {k: mean for k in ks} for key, (mean, _) in CLL_VALUES.items()},
+                      {key: {k: stderr for k in ks} for key, (_, stderr) in CLL_VALUES.items()},
+                      labels=labels)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -235,12 +234,10 @@ def test_plot_estimator_intuition_has_normalised_densities():
 
 
 # -------------------------------------------------------------------------- evaluation
-def test_method_family_matches_table_and_published_rows():
-    assert [plotting.method_family(m) for m in fake_table().index] == ["nn", "elbo", "mc", "is",
-                                                                        None]
-    families = {m: plotting.method_family(m) for m in published_table().index.get_level_values(1)}
-    assert families['CVAE "Monte Carlo" (in fact -ELBO)'] == "elbo"
-    assert families["Baseline"] == "nn" and families["CVAE IS (S=100)"] == "is"
+def drawn_estimates(ax) -> list[tuple[float, float, str]]:
+    """(x, y, colour) of every errorbar estimate of an axes."""
+    return [(*map(float, c.lines[0].get_xydata()[0]), c.lines[0].get_color())
+            for c in ax.containers]
 
 
 def test_plot_cll_comparison_marks_every_estimate_with_error_bars():
@@ -248,20 +245,41 @@ def test_plot_cll_comparison_marks_every_estimate_with_error_bars():
     assert len(fig.axes) == 3
     ax = fig.axes[0]
     assert ax.get_title() == "1 quadrant" and len(ax.containers) == 4   # 4 errorbar estimates
-    means = sorted(float(c.lines[0].get_ydata()[0]) for c in ax.containers)
-    assert means == [75.0, 78.0, 80.0, 100.0]
-    hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "none"]
-    assert len(hollow) >= 3                                             # published numbers
+    # each estimator at its place, in its colour; the gap is not drawn
+    expected = [(float(position), CLL_VALUES[key][0], plotting.ESTIMATOR_STYLE[key][1])
+                for position, key in enumerate(("baseline", "neg_elbo", "mc_prior", "importance"))]
+    assert drawn_estimates(ax) == expected
+    # published numbers beside the estimator they report: the tutorial's baseline and -ELBO,
+    # TorchZQ's baseline and two IS numbers (one quadrant only)
+    hollow = sorted((float(line.get_xdata()[0]), float(line.get_ydata()[0]))
+                    for line in ax.get_lines() if line.get_markerfacecolor() == "none")
+    assert hollow == [(0.22, 100.4), (0.22, 112.382), (1.22, 71.8), (3.22, 67.813),
+                      (3.22, 72.255)]
     assert len(plotting.plot_cll_comparison(fake_table((2,))).axes) == 1
 
 
+def test_plot_cll_comparison_picks_rows_by_key_not_label():
+    """Labels that say the opposite of the keys change nothing in the figure."""
+    misleading = {"baseline": "CVAE IS (S=100)", "importance": "NN baseline",
+                  "gap": "CVAE -ELBO", "neg_elbo": "Performance gap"}
+    figures = [plotting.plot_cll_comparison(table, published_table())
+               for table in (fake_table(), fake_table(labels=misleading))]
+    for ax, relabelled in zip(figures[0].axes, figures[1].axes):
+        assert drawn_estimates(ax) == drawn_estimates(relabelled)
+        assert [t.get_text() for t in ax.get_xticklabels()] == \
+            [t.get_text() for t in relabelled.get_xticklabels()]
+
+
 def test_plot_estimator_convergence_one_line_per_estimator():
-    sweep = pd.DataFrame({"CVAE -ELBO": [90.0, 90.0], "CVAE MC prior": [99.0, 85.0],
-                          "CVAE IS": [90.0, 80.0]}, index=pd.Index([1, 10], name="S"))
+    sweep = pd.DataFrame({"neg_elbo": [90.0, 90.0], "mc_prior": [99.0, 85.0],
+                          "importance": [90.0, 80.0]}, index=pd.Index([1, 10], name="S"))
     fig = plotting.plot_estimator_convergence(sweep, reference=100.0)
     ax = fig.axes[0]
     labels = [line.get_label() for line in ax.get_lines()]
-    assert len(fig.axes) == 1 and len(labels) == 4 and "NN baseline" in labels
+    assert len(fig.axes) == 1 and labels == ["CVAE $-$ELBO", "CVAE MC prior", "CVAE IS",
+                                             "NN baseline"]
+    colours = [line.get_color() for line in ax.get_lines()[:3]]
+    assert colours == [plotting.ESTIMATOR_STYLE[key][1] for key in sweep.columns]
     assert ax.get_xscale() == "log"
 
 
