@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from .data import QuadrantData
+from .data import QuadrantData, check_quadrant_data
 from .networks import CVAE, NUM_PIXELS, BaselineNet, device_of, masked_bce
 from .train import baseline_loss
 
@@ -242,19 +242,22 @@ def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError("the data hold no images (N = 0); pass at least one test image")
 
 
-def _check_quadrant_data(data: QuadrantData) -> float:
-    """Validate (N, 784) x and y; return the number of output pixels per image (y >= 0)."""
-    x, y = data.x, data.y
-    if x.dim() != 2 or x.shape[1] != NUM_PIXELS or x.shape != y.shape:
-        raise ValueError(f"data.x {tuple(x.shape)} and data.y {tuple(y.shape)} must both be "
-                         f"(N, {NUM_PIXELS}): flattened images with -1 where a pixel is absent; "
-                         f"build them with cvae_utils.make_quadrant_data")
-    _check_xy(x, y)
-    num_output = (y >= 0).sum().item() / y.shape[0]
-    if num_output == 0:
-        raise ValueError("data.y has no output pixels (every entry is -1): nothing to score; "
-                         "y must hold the pixels to predict and -1 elsewhere")
-    return num_output
+def _check_quadrant_data(data: QuadrantData, model: torch.nn.Module) -> float:
+    """Check that ``data`` is masked data of the layout ``model`` was trained for (finite
+    float32 pixels in [0, 1], -1 where absent, the k-quadrant mask); return the number of
+    output pixels per image."""
+    if not isinstance(data, QuadrantData):
+        raise TypeError(f"data must be a QuadrantData (x and y masked for k input quadrants), "
+                        f"got {type(data).__name__}; build it with "
+                        f"cvae_utils.make_quadrant_data(split, k)")
+    trained_for = getattr(model, "num_quadrants", None)
+    if trained_for is not None and trained_for != data.num_quadrants:
+        raise ValueError(f"the model was trained for {trained_for} input quadrant(s) and the "
+                         f"data has {data.num_quadrants}: score it on "
+                         f"make_quadrant_data(split, {trained_for}), or use the model of "
+                         f"{data.num_quadrants} quadrant(s)")
+    check_quadrant_data(data.x, data.y, data.num_quadrants, "the data to score")
+    return (data.y[0] >= 0).sum().item()
 
 
 def _chunk_size(num_samples: int, chunk_size: int | None) -> int:
@@ -336,7 +339,7 @@ def cvae_conditional(cvae: CVAE) -> Callable[[torch.Tensor, torch.Tensor], Condi
 
 def _cvae_estimate(method: str, label: str, cvae: CVAE, data: QuadrantData, num_samples,
                    seed: int, chunk_size: int | None) -> Estimate:
-    num_output = _check_quadrant_data(data)
+    num_output = _check_quadrant_data(data, cvae)
     num_samples = check_num_samples(num_samples)
     return estimate_nll(method, cvae_conditional(cvae), data.x, data.y, num_samples, seed=seed,
                         chunk_size=chunk_size, num_output_pixels=num_output,
@@ -345,7 +348,7 @@ def _cvae_estimate(method: str, label: str, cvae: CVAE, data: QuadrantData, num_
 
 def baseline_ncll(baseline: BaselineNet, data: QuadrantData) -> Estimate:
     """The baseline's -log p(y|x): its masked BCE summed over the output pixels, per image."""
-    num_output = _check_quadrant_data(data)
+    num_output = _check_quadrant_data(data, baseline)
     device = device_of(baseline)
     values = baseline_loss(baseline, QuadrantData(data.x.to(device), data.y.to(device),
                                                   data.labels, data.num_quadrants))  # (N,)

@@ -29,6 +29,7 @@ import csv
 import io
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -270,7 +271,13 @@ def _say(progress: bool | None, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _check_quadrant_counts(num_quadrants: Sequence[int]) -> list[int]:
+def _check_quadrant_counts(num_quadrants: Sequence[int] | int) -> list[int]:
+    """The quadrant counts as a list; one count alone (``cll_table(1)``) stands for ``(1,)``."""
+    if isinstance(num_quadrants, numbers.Integral) and not isinstance(num_quadrants, bool):
+        num_quadrants = (num_quadrants,)
+    if isinstance(num_quadrants, (str, bytes)) or not hasattr(num_quadrants, "__iter__"):
+        raise ValueError(f"num_quadrants must be quadrant counts among 1, 2, 3, e.g. (1, 2, 3) "
+                         f"or 1, got {num_quadrants!r}")
     ks = [check_num_quadrants(k) for k in num_quadrants]
     if not ks or len(set(ks)) != len(ks):
         raise ValueError(f"num_quadrants must list distinct quadrant counts among 1, 2, 3, got "

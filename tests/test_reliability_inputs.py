@@ -1,0 +1,127 @@
+"""Models know the layout they were trained for, and every function that takes a model and data
+checks that they fit; bad inputs get an error that names the problem and the fix."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cvae_utils import (BaselineConfig, QuadrantData, baseline_ncll, cll_table, complete_digit,
+                        cvae_importance_sampling, cvae_mc_prior, cvae_neg_elbo, make_quadrant_data,
+                        mask_quadrants, train_baseline, train_cvae, tutorial_config)
+from cvae_utils.tables import _check_quadrant_counts
+
+SMALL = tutorial_config().replace(
+    hidden_1=16, hidden_2=8, z_dim=3, batch_size=32,
+    baseline=BaselineConfig(hidden_1=16, hidden_2=8, batch_size=32, precision="fp32"))
+ESTIMATORS = [cvae_neg_elbo, cvae_mc_prior, cvae_importance_sampling]
+
+
+@pytest.fixture(scope="module")
+def models():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import synthetic_data
+
+    data = synthetic_data()
+    train, val = make_quadrant_data(data.train, 1), make_quadrant_data(data.val, 1)
+    baseline, _ = train_baseline(train, val, SMALL.baseline, max_epochs=1, device="cpu",
+                                 progress=False)
+    cvae, _ = train_cvae(train, val, baseline, SMALL, max_epochs=1, device="cpu", progress=False)
+    return data, baseline, cvae
+
+
+def test_trained_models_record_their_layout(models):
+    _, baseline, cvae = models
+    assert baseline.num_quadrants == cvae.num_quadrants == cvae.baseline.num_quadrants == 1
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_a_model_of_one_layout_refuses_data_of_another(models, estimator):
+    data, baseline, cvae = models
+    two = make_quadrant_data(data.test, 2)
+    with pytest.raises(ValueError, match="trained for 1 input quadrant.*data has 2"):
+        estimator(cvae, two, num_samples=2)
+    with pytest.raises(ValueError, match="trained for 1 input quadrant.*data has 2"):
+        baseline_ncll(baseline, two)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_swapped_x_and_y_are_refused(models, estimator):
+    data, _, cvae = models
+    test = make_quadrant_data(data.test, 1)
+    swapped = QuadrantData(test.y, test.x, test.labels, 1)
+    with pytest.raises(ValueError, match="do not follow the 1-quadrant layout"):
+        estimator(cvae, swapped, num_samples=2)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda t: QuadrantData(t.x, torch.where(t.y >= 0, t.y * 255, t.y), t.labels, 1),
+     "pixels in \\[0, 1\\].*divided by 255"),
+    (lambda t: QuadrantData(t.x.double(), t.y.double(), t.labels, 1), "float32, got torch.float64"),
+    (lambda t: QuadrantData(torch.where(t.x >= 0, float("nan"), t.x), t.y, t.labels, 1),
+     "x holds NaN"),
+    (lambda t: QuadrantData(t.x[:0], t.y[:0], t.labels[:0], 1), "N >= 1"),
+])
+def test_bad_values_are_refused_by_the_estimators_and_the_baseline(models, change, match):
+    data, baseline, cvae = models
+    bad = change(make_quadrant_data(data.test, 1))
+    for estimator in ESTIMATORS:
+        with pytest.raises((ValueError, TypeError), match=match):
+            estimator(cvae, bad, num_samples=2)
+    with pytest.raises((ValueError, TypeError), match=match):
+        baseline_ncll(baseline, bad)
+
+
+def test_a_split_instead_of_masked_data_is_explained(models):
+    data, _, cvae = models
+    with pytest.raises(TypeError, match="must be a QuadrantData.*make_quadrant_data"):
+        cvae_importance_sampling(cvae, data.test, num_samples=2)
+
+
+@pytest.mark.parametrize("count", [0, -1, 1.5, True])
+def test_a_bad_sample_count_is_refused(models, count):
+    data, _, cvae = models
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1"):
+        cvae.sample(make_quadrant_data(data.test, 1).x[:2], count)
+
+
+def test_images_of_the_wrong_kind_are_explained():
+    images = np.random.default_rng(0).random((2, 28, 28), dtype=np.float32)
+    with pytest.raises(TypeError, match="torch.Tensor, got ndarray.*torch.from_numpy"):
+        mask_quadrants(images, 1)
+    with pytest.raises(TypeError, match="floats in \\[0, 1\\], got dtype torch.uint8.*/ 255"):
+        mask_quadrants(torch.zeros(2, 28, 28, dtype=torch.uint8), 1)
+
+
+def test_one_quadrant_count_is_a_table_of_one_column_and_nonsense_is_explained():
+    assert _check_quadrant_counts(1) == [1]
+    assert _check_quadrant_counts((3, 1)) == [3, 1]
+    with pytest.raises(ValueError, match="e.g. \\(1, 2, 3\\) or 1"):
+        _check_quadrant_counts("12")
+    with pytest.raises(ValueError, match="the int 1, 2 or 3"):
+        cll_table(4)
+
+
+def test_complete_digit_refuses_a_model_of_another_layout(models):
+    _, _, cvae = models  # trained for one quadrant
+    image = np.zeros((28, 28), dtype=np.float32)
+    with pytest.raises(ValueError, match="trained for 1 input quadrant.*layout of 2"):
+        complete_digit(image, num_quadrants=2, cvae=cvae)
+    completion = complete_digit(image, num_quadrants=1, cvae=cvae, num_samples=2)
+    assert completion.samples.shape == (2, 28, 28)
+
+
+def test_training_refuses_targets_in_0_255_before_it_starts(models):
+    data, baseline, _ = models
+    train = make_quadrant_data(data.train, 1)
+    scaled = QuadrantData(train.x, torch.where(train.y >= 0, train.y * 255, train.y),
+                          train.labels, 1)
+    with pytest.raises(ValueError, match="training data: y must hold pixels in \\[0, 1\\]"):
+        train_cvae(scaled, make_quadrant_data(data.val, 1), baseline, SMALL, max_epochs=1,
+                   device="cpu", progress=False)
+    with pytest.raises(ValueError, match="trained for 1 input quadrant.*data has 2"):
+        train_cvae(make_quadrant_data(data.train, 2), make_quadrant_data(data.val, 2), baseline,
+                   SMALL, max_epochs=1, device="cpu", progress=False)
