@@ -217,7 +217,13 @@ def cached_model(key: dict, directory, module: torch.nn.Module, train_fn, use_ca
 
 def _resolve(config, budget, data, device):
     config = config if config is not None else CVAEConfig()
+    if not isinstance(config, (CVAEConfig, BaselineConfig)):
+        raise TypeError(f"config must be a CVAEConfig (or a BaselineConfig for a baseline), got "
+                        f"{type(config).__name__}; e.g. CVAEConfig() or tutorial_config()")
     budget = get_budget(budget)
+    if data is not None and not isinstance(data, MNISTData):
+        raise TypeError(f"data must be the MNISTData of load_mnist(), got "
+                        f"{type(data).__name__}")
     data = (data if data is not None else load_mnist()).subset(budget)
     device = torch.device(device) if device is not None else default_device()
     return config, budget, data, device
@@ -232,6 +238,7 @@ def trained_baseline(num_quadrants: int, config: CVAEConfig | BaselineConfig | N
     ``config`` is a `BaselineConfig`, or a `CVAEConfig` whose baseline is meant (default: the
     book's). ``budget`` defaults to ``CVAE_BUDGET``, ``data`` to `load_mnist()`.
     """
+    check_num_quadrants(num_quadrants)  # every argument is checked before any work
     config, budget, data, device = _resolve(config, budget, data, device)
     if isinstance(config, CVAEConfig):
         config = config.baseline
@@ -257,6 +264,7 @@ def trained_cvae(num_quadrants: int, config: CVAEConfig | None = None,
     inputs recorded after every epoch with fixed noise (`Snapshots`; inputs only, they play no
     part in training).
     """
+    check_num_quadrants(num_quadrants)  # every argument is checked before any work
     config, budget, data, device = _resolve(config, budget, data, device)
     config = resolved(config, device)
     baseline, _ = trained_baseline(num_quadrants, config.baseline, budget, data, device=device,

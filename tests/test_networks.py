@@ -135,16 +135,15 @@ def test_config_rejects_nonsense():
         CVAEConfig(z_dim=0)
     with pytest.raises(ValueError, match="scale"):
         CVAEConfig(scale="relu")
-    with pytest.raises(ValueError, match="cvae_lr"):
-        CVAEConfig(cvae_lr=-1.0)
-    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16'"):
+    with pytest.raises(ValueError, match="CVAEConfig.lr must be a finite number"):
+        CVAEConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="precision must be one of 'auto', 'fp32', 'bf16'"):
         CVAEConfig(precision="fp16")
-    with pytest.raises(ValueError, match="cvae_batch_size must be None"):
-        CVAEConfig(cvae_batch_size=0)
-    with pytest.raises(ValueError, match="cvae_patience must be None"):
-        CVAEConfig(cvae_patience=True)
-    assert CVAEConfig(batch_size=64).cvae_batch == 64
-    assert CVAEConfig(batch_size=64, cvae_batch_size=256).cvae_batch == 256
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        CVAEConfig(batch_size=0)
+    with pytest.raises(ValueError, match="patience must be an int >= 1"):
+        CVAEConfig(patience=True)
+    assert CVAEConfig(batch_size=64).baseline.batch_size == 256  # the baseline's is its own
 
 
 def test_networks_return_float32_under_bfloat16_autocast():

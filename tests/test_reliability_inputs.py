@@ -125,3 +125,18 @@ def test_training_refuses_targets_in_0_255_before_it_starts(models):
     with pytest.raises(ValueError, match="trained for 1 input quadrant.*data has 2"):
         train_cvae(make_quadrant_data(data.train, 2), make_quadrant_data(data.val, 2), baseline,
                    SMALL, max_epochs=1, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"config": "book"}, TypeError, "config must be a CVAEConfig"),
+    ({"data": "mnist"}, TypeError, "data must be the MNISTData of load_mnist"),
+    ({"budget": "huge"}, ValueError, "unknown budget 'huge'"),
+    ({"budget": " paper"}, ValueError, "did you mean 'paper'"),
+])
+def test_the_cache_functions_explain_bad_arguments(kwargs, error, match, tmp_path):
+    from cvae_utils import trained_cvae
+
+    with pytest.raises(error, match=match):
+        trained_cvae(1, **{"cache": tmp_path, "budget": "smoke", **kwargs})
+    with pytest.raises(ValueError, match="the int 1, 2 or 3"):
+        trained_cvae(4, SMALL, "smoke", cache=tmp_path)
