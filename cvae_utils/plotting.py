@@ -682,6 +682,7 @@ def plot_variants(table) -> Figure:
                                        label="baseline (exact)")]
     fig.legend(handles=handles, fontsize=8, frameon=False, loc="outside lower center",
                ncols=len(handles))
+    return fig
 
 
 # ------------------------------------------------------------------- chapter "Beyond the table"
