@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
+from . import terminal
 from .cache import cache_dir, run_key, trained_baseline, trained_cvae
 from .config import Budget, CVAEConfig, get_budget
 from .data import MNISTData, QuadrantData, check_num_quadrants, load_mnist, make_quadrant_data
@@ -594,6 +595,9 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
             _record(means, stderrs, row, k, estimate)
         _say(progress, f"k={k}: " + ", ".join(f"{row} {means[row][str(k)]:.2f}" for row in rows)
              + f" ({time.perf_counter() - start:.1f} s, N={len(test)})")
+        terminal.item_done("CLL table", ks.index(k) + 1, len(ks), f"k={k}, N={len(test)}: NN "
+                           f"{nn.mean:.2f}, CVAE IS {estimates[-1].mean:.2f}",
+                           time.perf_counter() - start)
     attrs["num_test"] = len(test_split)
     frame = _frame(rows, ks, means, stderrs, attrs)
     if use_cache:

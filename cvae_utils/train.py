@@ -22,6 +22,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
+from . import terminal
 from .config import CVAEConfig
 from .data import QuadrantData, iterate_minibatches
 from .networks import CVAE, BaselineNet, masked_bce
@@ -180,6 +181,7 @@ def early_stopping_loop(module, config, max_epochs: int, num_train: int,
                 waited += 1
             bar.set_postfix(epoch=epoch, train=f"{total / num_train:.2f}", val=f"{val:.2f}",
                             best=history.best_epoch)
+            terminal.epoch_done(desc, epoch, max_epochs, val, history.seconds, history.best_epoch)
             if callback is not None:
                 callback(epoch, module, history)
             if waited >= patience:

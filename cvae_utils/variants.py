@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Sequence
 from .cache import run_key, trained_baseline, trained_cvae
 from .config import BUDGETS, Budget, CVAEConfig, book_config, get_budget, tutorial_config
 from .data import MNISTData, check_num_quadrants, load_mnist, make_quadrant_data
-from . import evaluate
+from . import evaluate, terminal
 from .evaluate import (DEFAULT_NUM_SAMPLES, _check_num_samples, _say, _table_paths,
                        baseline_ncll, cvae_importance_sampling, cvae_mc_prior, quadrant_label)
 
@@ -298,6 +298,9 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
             record(row, k, estimate_fn(cvae, test, num_samples, seed))
             _say(progress, f"k={k} {row}: {means[row][str(k)]:.2f} "
                            f"({time.perf_counter() - start:.1f} s, N={len(test)})")
+            terminal.item_done("variants", ks.index(k) * len(keys) + keys.index(name) + 1,
+                               len(ks) * len(keys), f"k={k} {name}: {means[row][str(k)]:.2f}",
+                               time.perf_counter() - start)
             del cvae
     attrs["num_test"] = len(test_split)
     frame = _frame(rows, ks, means, stderrs, attrs)
