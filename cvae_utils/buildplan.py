@@ -139,8 +139,8 @@ class BuildPlan:
             out.append(f"estimated time on this machine: {format_duration(self.seconds)}"
                        f"{bound}")
         else:
-            out.append("chapters to execute: none (every chapter comes from the execution "
-                       "cache)")
+            out.append("chapters to execute: none (unchanged since the last build, or in the "
+                       "execution cache of these budgets)")
         if budget.name != "smoke" and self.seconds > 120:
             faster = "smoke" if budget.name == "quick" else "quick"
             out.append(f"for a faster build: CVAE_BUDGET={faster} jupyter-book build book/ "

@@ -4,6 +4,9 @@ Each build is of a copy of the book with a few of its chapters (the real ``_conf
 real extension `cvae_utils.bookbuild`), at the smoke budget, with a fresh model cache, so that
 the chapters train. One build of the chapter "The CVAE in Pyro" is shared by the tests of the
 terminal; four small builds into one output folder test that switching budgets re-executes.
+
+Like the chapters themselves, they run under the README's test command, ``pytest --nbval tests
+book`` (which CI runs), and are skipped by a plain ``pytest tests/``, which stays quick.
 """
 from __future__ import annotations
 
@@ -39,6 +42,13 @@ from cvae_utils import get_budget, variants_budget
 print(f"built at {get_budget().name}, variants at {variants_budget().name}")
 ```
 """
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _only_with_the_book_tests(request):  # autouse: before the module's build below
+    option = request.config.option
+    if not (getattr(option, "nbval", False) or getattr(option, "nbval_lax", False)):
+        pytest.skip("builds of the book run with the book's tests: pytest --nbval tests book")
 
 
 def book_copy(root: Path, chapters: list[str], extra: dict[str, str] | None = None) -> Path:
