@@ -323,10 +323,14 @@ def _estimate_epochs(models: list[PlannedModel], runs: list[dict], config: CVAEC
                         else model.max_epochs)
         model.epochs_bound = not same and model.budget.name == "paper"
         upper = upper or model.epochs_bound
-        similar = same or [r for r in runs if r["kind"] == kind and r["budget"] == model.budget.name]
+        similar = same or [r for r in runs
+                           if r["kind"] == kind and r["budget"] == model.budget.name]
         if similar:
             model.seconds_per_epoch = statistics.median(r["seconds_per_epoch"] for r in similar)
-            model.source = f"median of {len(similar)} cached {model.budget.name} runs"
+            model.source = (f"median of {len(similar)} cached {model.budget.name} runs"
+                            if len(similar) > 1 else f"a cached {model.budget.name} run")
+            if not same:
+                model.source += f" of the {kind}"
             continue
         # a smoke run's one epoch is mostly fixed costs (validation, first-epoch checks): only
         # runs on many images scale with the number of images
@@ -334,7 +338,8 @@ def _estimate_epochs(models: list[PlannedModel], runs: list[dict], config: CVAEC
         if other:
             model.seconds_per_epoch = statistics.median(
                 r["seconds_per_epoch"] * model.budget.num_train / r["num_train"] for r in other)
-            model.source = f"{len(other)} cached runs at other budgets, scaled"
+            model.source = (f"{len(other)} cached run{'s' * (len(other) > 1)} at other "
+                            f"budgets, scaled")
             continue
         if kind not in measured:
             measured[kind] = measure_step_seconds(kind, config)
