@@ -6,6 +6,10 @@ quadrant masking, batching), `networks` (baseline, encoders, decoder, the Pyro m
 `evaluate` (the CLL estimators and table), `plotting` and `animation` (figures), and, beyond the
 tutorial, `classifier`, `diversity` (how often samples change the digit) and `complete`
 (completing any partial digit). Run ``python -m cvae_utils train --help`` to pre-train models.
+The build of the book has its own modules: `bookbuild` (the Sphinx extension), `buildplan`
+(what a build will train, and how long), `kernel_launcher` (the chapters' kernels, without
+transport noise) and `terminal` (the progress lines that training and the tables write to the
+build's terminal).
 """
 from .cache import trained_baseline, trained_cvae
 from .classifier import classifier_accuracy, trained_classifier
