@@ -1,0 +1,406 @@
+"""What a build of the book will train, and about how long it will take on this machine.
+
+`build_plan` lists every model the chapters ask for (the baselines and CVAEs of the book's
+configuration, the digit classifier, the 21 models of the chapter "Variants of the model"),
+looks each up in the model cache (`cvae_utils.cache.checkpoint_path`, the file `trained_cvae`
+and its kin would load) and estimates the time of those that are missing. `BuildPlan.lines`
+formats it for the terminal; the book's Sphinx extension (`cvae_utils.bookbuild`) prints it
+before the first chapter runs.
+
+The time of a model is its epochs times its time per epoch. The epochs are the budget's cap (a
+smoke or quick run always reaches it; early stopping can end a paper run sooner, so that estimate
+is an upper bound, and says so) unless a cached run of the same kind at the same budget shows how
+many its early stopping took. The time per epoch comes, in this order, from cached runs of the
+same kind at the same budget (their recorded ``History.seconds``), from cached runs at another
+budget scaled by the number of training images, or from a short measurement now: a few
+minibatches of the real training step on random images. Scoring (the CLL table and the variants
+table, when not cached) is measured the same way, on a few images with the untrained network.
+Each chapter that executes also pays for starting its kernel, importing torch, Pyro, matplotlib
+and this package, loading MNIST and drawing its figures. `ChapterStartProbe` measures all but the
+figures in a subprocess that does what a kernel does before a chapter's first result; the build
+counts twice that per chapter (`cvae_utils.bookbuild`).
+
+On a machine shared with other work every one of these measurements moves with the load, so the
+estimate is a guide to the order of magnitude (minutes or an hour), not a promise.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .cache import cache_dir, checkpoint_path, model_key
+from .config import Budget, CVAEConfig, book_config, get_budget
+from .speed import explain_precision, resolve_precision
+from .terminal import format_duration
+
+__all__ = ["PlannedModel", "BuildPlan", "build_plan", "needs_of", "precision_path", "recorded_runs",
+           "ChapterStartProbe",
+           "measure_step_seconds", "measure_scoring_seconds"]
+
+QUADRANTS = (1, 2, 3)
+MIN_SCALED_IMAGES = 10_000  # cached runs on fewer training images are not scaled to others
+
+
+@dataclass
+class PlannedModel:
+    """One model the book needs: where its cache file is and what training it would cost."""
+
+    label: str                  # e.g. "cvae k=1" or "variant gsnn k=2"
+    kind: str                   # "baseline", "cvae" or "classifier"
+    groups: set                 # who asks for it: "book", "classifier", "variants" (`needs_of`)
+    budget: Budget
+    path: Path                  # its file in the model cache
+    max_epochs: int             # the cap of its run
+    cached: bool = False
+    epochs: float = 0.0         # epochs expected if trained now
+    seconds_per_epoch: float = float("nan")
+    source: str = ""            # where seconds_per_epoch comes from
+    epochs_bound: bool = False  # epochs is the cap of a run that early stopping may end sooner
+    needed: bool = True         # asked for by a chapter that will execute
+
+    @property
+    def seconds(self) -> float:
+        return 0.0 if self.cached else self.epochs * self.seconds_per_epoch
+
+
+@dataclass
+class BuildPlan:
+    """The models of a build, the scoring to do, and the estimate for the chapters to run."""
+
+    budget: Budget
+    variants_budget: Budget
+    precision: str
+    models: list[PlannedModel] = field(default_factory=list)
+    scoring: list[tuple[str, float]] = field(default_factory=list)  # (what, seconds), uncached
+    chapters: list[str] = field(default_factory=list)   # chapters that will execute
+    cached_chapters: list[str] = field(default_factory=list)  # taken from the execution cache
+    seconds_per_chapter: float = 0.0  # kernel start and imports, per chapter that executes
+    upper_bound: bool = False         # some epochs are the cap of an early-stopping run
+
+    @property
+    def to_train(self) -> list[PlannedModel]:
+        return [model for model in self.models if model.needed and not model.cached]
+
+    @property
+    def seconds(self) -> float:
+        """Estimated time of the chapters that will execute (0 when none will)."""
+        if not self.chapters:
+            return 0.0
+        return (sum(model.seconds for model in self.to_train)
+                + sum(seconds for _, seconds in self.scoring)
+                + self.seconds_per_chapter * len(self.chapters))
+
+    def lines(self) -> list[str]:
+        """The plan as terminal lines (no colours)."""
+        budget, variants = self.budget, self.variants_budget
+        out = [f"budget {budget.name}: {budget.num_train:,} training, {budget.num_val:,} "
+               f"validation, {budget.num_test:,} test images, at most {budget.max_epochs} "
+               f"epoch{'s' * (budget.max_epochs != 1)} (CVAE_BUDGET); chapter \"Variants\": "
+               f"{variants.name} (CVAE_VARIANTS_BUDGET)",
+               f"precision: {self.precision}"]
+        cached = [model for model in self.models if model.cached]
+        out.append(f"models of the book: {len(cached)} of {len(self.models)} in the model "
+                   f"cache ({cache_dir()})")
+        groups: dict[tuple, list[PlannedModel]] = {}
+        for model in self.to_train:
+            name = ("variant CVAEs" if model.label.startswith("variant ")
+                    else model.label.split(" k=")[0])
+            groups.setdefault((name, model.budget.name, model.source), []).append(model)
+        for (name, budget_name, source), models in groups.items():
+            first = models[0]
+            bound = "at most " if first.epochs_bound else ""
+            quadrants = [m.label.rsplit("k=", 1)[1] for m in models if "k=" in m.label]
+            which = (f" k={','.join(sorted(set(quadrants)))}" if quadrants
+                     and name != "variant CVAEs" else "")
+            count = f"{len(models)} " if len(models) > 1 else ""
+            out.append(f"  to train ({budget_name}): {count}{name}{which}, {bound}"
+                       f"{first.epochs:.0f} epoch{'s' * (first.epochs != 1)} x "
+                       f"{first.seconds_per_epoch:.2f} s each ({source}): "
+                       f"{format_duration(sum(m.seconds for m in models))}")
+        missing = [m for m in self.models if not m.cached and not m.needed]
+        if missing:
+            out.append(f"  not in the cache but not needed by the chapters that execute: "
+                       f"{len(missing)}")
+        for what, seconds in self.scoring:
+            out.append(f"  to score: {what}, about {format_duration(seconds)}")
+        if self.chapters:
+            out.append(f"chapters to execute: {len(self.chapters)} ({', '.join(self.chapters)})"
+                       + (f"; from the execution cache: {', '.join(self.cached_chapters)}"
+                          if self.cached_chapters else "")
+                       + f"; about {format_duration(self.seconds_per_chapter)} each for its "
+                         f"kernel, imports, data and figures")
+            bound = ", at most: early stopping usually ends sooner" if self.upper_bound else ""
+            out.append(f"estimated time on this machine: {format_duration(self.seconds)}"
+                       f"{bound}")
+        else:
+            out.append("chapters to execute: none (unchanged since the last build, or in the "
+                       "execution cache of these budgets)")
+        if budget.name != "smoke" and self.seconds > 120:
+            faster = "smoke" if budget.name == "quick" else "quick"
+            out.append(f"for a faster build: CVAE_BUDGET={faster} jupyter-book build book/ "
+                       f"(or train beforehand: python -m cvae_utils train --budget "
+                       f"{budget.name})")
+        return out
+
+
+def precision_path(device: torch.device | None = None) -> str:
+    """The arithmetic the book's models will train in here, in words."""
+    precision = book_config().precision
+    why = explain_precision(precision, device)
+    kind = {"bf16": "bfloat16", "fp32": "float32"}[resolve_precision(precision, device)]
+    if torch.cuda.is_available():
+        return f"{kind} matrix products on the GPU ({torch.cuda.get_device_name(0)}): {why}"
+    return f"{kind} matrix products on the CPU, {torch.get_num_threads()} threads: {why}"
+
+
+def recorded_runs(directory=None) -> list[dict]:
+    """Kind, budget name, training images, epochs and seconds per epoch of every cached model."""
+    runs = []
+    for path in sorted(cache_dir(directory).glob("*.pt")):
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            key = json.loads(payload["key"])
+            seconds = list(payload["history"]["seconds"])
+        except Exception:  # not ours, or unreadable: the cache reports it when it is used
+            continue
+        if seconds:
+            runs.append({"kind": key.get("kind"), "budget": key["budget"]["name"],
+                         "num_train": key["budget"]["num_train"],
+                         "num_quadrants": key.get("num_quadrants"), "epochs": len(seconds),
+                         "seconds_per_epoch": statistics.median(seconds), "path": path})
+    return runs
+
+
+class ChapterStartProbe:
+    """Measures, in a subprocess, what a chapter costs before its own work: start Python, import
+    ipykernel, matplotlib, pandas and cvae_utils, load MNIST. `start` returns at once; `seconds`
+    waits for the result (None if the probe failed or ran past ``timeout``)."""
+
+    CODE = ("import ipykernel.kernelapp, matplotlib.pyplot, pandas, cvae_utils; "
+            "cvae_utils.load_mnist()")
+
+    def __init__(self):
+        self._process: subprocess.Popen | None = None
+        self._began = 0.0
+
+    def start(self) -> "ChapterStartProbe":
+        self._began = time.perf_counter()
+        self._process = subprocess.Popen([sys.executable, "-c", self.CODE],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def seconds(self, timeout: float = 120.0) -> float | None:
+        if self._process is None:
+            return None
+        try:
+            code = self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return None
+        return time.perf_counter() - self._began if code == 0 else None
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+def _random_quadrant_data(n: int, k: int, seed: int = 0):
+    from .data import Split, make_quadrant_data
+
+    g = torch.Generator().manual_seed(seed)
+    images = (torch.rand(n, 28, 28, generator=g) > 0.7).float()
+    return make_quadrant_data(Split(images, torch.randint(0, 10, (n,), generator=g)), k)
+
+
+def measure_step_seconds(kind: str, config: CVAEConfig, num_batches: int = 8
+                         ) -> tuple[float, float]:
+    """Seconds per training minibatch of ``kind`` ("baseline" or "cvae"), measured now, and
+    the extra seconds of a run's first epoch.
+
+    Trains three epochs of ``num_batches`` minibatches on random images. The fastest of the last
+    two gives the time per minibatch (each epoch ends with a validation pass on one minibatch,
+    about a third of a training one); the first is slower by what every run pays once (Pyro's
+    checks in the CVAE's first epoch, memory first touched), which dominates a smoke run.
+    """
+    from .networks import BaselineNet
+    from .train import train_baseline, train_cvae
+
+    batch = config.baseline.batch_size if kind == "baseline" else config.batch_size
+    train = _random_quadrant_data(batch * num_batches, 1)
+    val = _random_quadrant_data(batch, 1, seed=1)
+    # no early stop on random images
+    patient = config.replace(patience=10, baseline={"patience": 10})
+    if kind == "baseline":
+        _, history = train_baseline(train, val, patient.baseline, max_epochs=3, progress=False)
+    else:
+        _, history = train_cvae(train, val, BaselineNet(config.baseline), patient, max_epochs=3,
+                                progress=False)
+    fastest = min(history.seconds[1:])
+    return fastest / (num_batches + 1 / 3), max(0.0, history.seconds[0] - fastest)
+
+
+def measure_scoring_seconds(config: CVAEConfig, num_samples: int = 100, n: int = 32) -> float:
+    """Seconds per test image of importance sampling with ``num_samples`` (untrained CVAE)."""
+    from .evaluate import cvae_importance_sampling
+    from .networks import CVAE, BaselineNet
+
+    cvae = CVAE(BaselineNet(config.baseline), config).eval()
+    data = _random_quadrant_data(n, 1)
+    cvae_importance_sampling(cvae, data, num_samples)  # warm up
+    start = time.perf_counter()
+    cvae_importance_sampling(cvae, data, num_samples)
+    return (time.perf_counter() - start) / n
+
+
+def _models(budget: Budget, variants: Budget, config: CVAEConfig, directory) -> list[PlannedModel]:
+    from .classifier import classifier_key
+    from .config import ClassifierConfig
+    from .variants import VARIANTS, variant_config
+
+    models: dict[Path, PlannedModel] = {}
+
+    def add(label, kind, group, key, model_budget, max_epochs):
+        path = checkpoint_path(key, directory)
+        if path not in models:
+            models[path] = PlannedModel(label, kind, set(), model_budget, path, max_epochs,
+                                        cached=path.exists())
+        models[path].groups.add(group)
+
+    def add_pair(prefix, group, model_config, model_budget):
+        for k in QUADRANTS:
+            add(f"baseline k={k}", "baseline", group,
+                model_key("baseline", model_config, model_budget, k), model_budget,
+                model_budget.max_epochs)
+            add(f"{prefix}k={k}", "cvae", group, model_key("cvae", model_config, model_budget, k),
+                model_budget, model_budget.max_epochs)
+
+    add_pair("cvae ", "book", config, budget)
+    classifier = ClassifierConfig()
+    add("digit classifier", "classifier", "classifier", classifier_key(classifier, budget),
+        budget, min(budget.max_epochs, classifier.max_epochs))
+    for name in VARIANTS:
+        add_pair(f"variant {name} ", "variants", variant_config(name, config), variants)
+    return list(models.values())
+
+
+def needs_of(code: str) -> set[str]:
+    """What a chapter's code asks for, from the functions it calls: "book" (the baselines and
+    CVAEs of the book's configuration), "classifier", "variants" (the 21 models of the
+    variants), "cll_table" and "variants_table" (their scoring)."""
+    needs = set()
+    if any(name in code for name in ("trained_baseline", "trained_cvae", "cll_table",
+                                     "diversity_table")):
+        needs.add("book")
+    if "trained_classifier" in code:
+        needs.add("classifier")
+    if "cll_table(" in code:
+        needs.add("cll_table")
+    if "variants_table(" in code:
+        needs |= {"variants", "variants_table"}
+    return needs
+
+
+def _estimate_epochs(models: list[PlannedModel], runs: list[dict], config: CVAEConfig) -> bool:
+    """Fill in epochs and seconds per epoch of the models to train; True if some are bounds."""
+    measured: dict[str, tuple[float, float]] = {}
+    upper = False
+    for model in models:
+        if model.cached or not model.needed:
+            continue
+        kind = "baseline" if model.kind == "classifier" else model.kind  # a smaller MLP
+        same = [r for r in runs if r["kind"] == model.kind and r["budget"] == model.budget.name]
+        model.epochs = (statistics.median(r["epochs"] for r in same) if same
+                        else model.max_epochs)
+        model.epochs_bound = not same and model.budget.name == "paper"
+        upper = upper or model.epochs_bound
+        similar = same or [r for r in runs
+                           if r["kind"] == kind and r["budget"] == model.budget.name]
+        if similar:
+            model.seconds_per_epoch = statistics.median(r["seconds_per_epoch"] for r in similar)
+            model.source = (f"median of {len(similar)} cached {model.budget.name} runs"
+                            if len(similar) > 1 else f"a cached {model.budget.name} run")
+            if not same:
+                model.source += f" of the {kind}"
+            continue
+        # a smoke run's one epoch is mostly fixed costs (validation, first-epoch checks): only
+        # runs on many images scale with the number of images
+        other = [r for r in runs if r["kind"] == kind and r["num_train"] >= MIN_SCALED_IMAGES]
+        if other:
+            model.seconds_per_epoch = statistics.median(
+                r["seconds_per_epoch"] * model.budget.num_train / r["num_train"] for r in other)
+            model.source = (f"{len(other)} cached run{'s' * (len(other) > 1)} at other "
+                            f"budgets, scaled")
+            continue
+        if kind not in measured:
+            measured[kind] = measure_step_seconds(kind, config)
+        step, first_extra = measured[kind]
+        batch = config.baseline.batch_size if kind == "baseline" else config.batch_size
+        steps = -(-model.budget.num_train // batch)
+        # the first epoch's extra cost, spread over the epochs so that epochs x seconds adds up
+        model.seconds_per_epoch = (step * (steps + model.budget.num_val / batch / 3)
+                                   + first_extra / model.epochs)
+        model.source = "measured now"
+    return upper
+
+
+def _scoring(budget: Budget, variants: Budget, config: CVAEConfig, directory, needs: set,
+             per_image: float) -> list[tuple[str, float]]:
+    from . import evaluate, variants as variants_module
+
+    out = []
+    key = evaluate._table_key(config, budget, list(QUADRANTS), evaluate.DEFAULT_NUM_SAMPLES,
+                              evaluate.DEFAULT_ELBO_SAMPLES, 0)
+    if "cll_table" in needs and not evaluate._table_paths(key, directory)[1].exists():
+        # importance sampling, the MC prior (as costly) and the -ELBO with S=10 for each k
+        out.append((f"CLL table, 3 x {budget.num_test:,} test images",
+                    2.1 * 3 * budget.num_test * per_image))
+    keys = list(variants_module.VARIANTS)
+    key = variants_module._table_key(keys, config, variants, list(QUADRANTS),
+                                     evaluate.DEFAULT_NUM_SAMPLES, "importance", 0)
+    if "variants_table" in needs and not evaluate._table_paths(key, directory)[1].exists():
+        out.append((f"variants table, {3 * len(keys)} x {variants.num_test:,} test images",
+                    3 * len(keys) * variants.num_test * per_image))
+    return out
+
+
+def build_plan(budget: Budget | str | None = None, variants_budget: Budget | str | None = None,
+               chapters: list[str] | None = None, cached_chapters: list[str] | None = None,
+               needs: set[str] | None = None, seconds_per_chapter: float = 0.0,
+               directory=None, config: CVAEConfig | None = None) -> BuildPlan:
+    """The plan of a build at ``budget`` (default ``CVAE_BUDGET``) whose ``chapters`` execute.
+
+    ``needs``: what those chapters ask for (`needs_of` their code; None: everything), so that
+    only the models they would train count. ``variants_budget`` defaults to
+    `cvae_utils.variants.variants_budget()`; ``directory`` to the model cache;
+    ``seconds_per_chapter`` is the fixed cost of a chapter that executes.
+    """
+    from .variants import variants_budget as default_variants_budget
+
+    budget = get_budget(budget)
+    variants = default_variants_budget(variants_budget)
+    config = config or book_config()
+    plan = BuildPlan(budget, variants, precision_path(),
+                     chapters=list(chapters or []), cached_chapters=list(cached_chapters or []),
+                     seconds_per_chapter=seconds_per_chapter)
+    plan.models = _models(budget, variants, config, directory)
+    if needs is None:
+        needs = {"book", "classifier", "variants", "cll_table", "variants_table"}
+    if not plan.chapters:
+        needs = set()
+    for model in plan.models:
+        model.needed = bool(model.groups & needs)
+    if plan.to_train:
+        plan.upper_bound = _estimate_epochs(plan.models, recorded_runs(directory), config)
+    if _scoring(budget, variants, config, directory, needs, 0.0):
+        per_image = measure_scoring_seconds(config)
+        plan.scoring = _scoring(budget, variants, config, directory, needs, per_image)
+    return plan
+

@@ -1,0 +1,151 @@
+"""The progress channel to the build's terminal, the quiet kernel, and the build plan."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from cvae_utils import CVAEConfig, make_quadrant_data, train_baseline, trained_baseline
+from cvae_utils import terminal
+from cvae_utils.buildplan import build_plan, needs_of
+from cvae_utils.cache import checkpoint_path, run_key
+from cvae_utils.config import Budget
+from cvae_utils.kernel_launcher import TRANSPORT_WARNING, DropTransportWarning
+
+SMALL = CVAEConfig(hidden_1=32, hidden_2=16, z_dim=4, batch_size=16, patience=5)
+
+
+@pytest.fixture
+def progress_file(tmp_path, monkeypatch):
+    path = tmp_path / "progress.log"
+    monkeypatch.setenv(terminal.PROGRESS_ENV, str(path))
+    return path
+
+
+def test_say_appends_lines_only_when_a_build_listens(tmp_path, monkeypatch):
+    monkeypatch.delenv(terminal.PROGRESS_ENV, raising=False)
+    assert terminal.say("nobody listens") is False
+    path = tmp_path / "progress.log"
+    monkeypatch.setenv(terminal.PROGRESS_ENV, str(path))
+    assert terminal.say("one") and terminal.say("two\nlines")
+    assert path.read_text().splitlines() == ["one", "two lines"]
+
+
+def test_every_epoch_of_a_training_run_reaches_the_channel(tiny_data, progress_file, capsys):
+    train = make_quadrant_data(tiny_data.train, 2)
+    val = make_quadrant_data(tiny_data.val, 2)
+    _, history = train_baseline(train, val, SMALL, max_epochs=3, device="cpu", progress=False)
+    lines = progress_file.read_text().splitlines()
+    assert len(lines) == history.num_epochs == 3
+    for epoch, line in enumerate(lines, start=1):
+        assert line.startswith(f"baseline k=2: epoch {epoch}/3, validation loss "
+                               f"{history.val_loss[epoch - 1]:.2f}")
+        assert "elapsed" in line and "left" in line
+    assert lines[-1].endswith("at most 0:00 left")
+    assert capsys.readouterr().err == ""  # nothing on the kernel's own stderr (the page)
+
+
+def test_without_the_channel_the_command_line_keeps_its_bar(tiny_data, monkeypatch, capsys):
+    monkeypatch.delenv(terminal.PROGRESS_ENV, raising=False)
+    train = make_quadrant_data(tiny_data.train, 1)
+    val = make_quadrant_data(tiny_data.val, 1)
+    train_baseline(train, val, SMALL, max_epochs=2, device="cpu", progress=True)
+    err = capsys.readouterr().err
+    assert "baseline k=1" in err and "batch" in err  # tqdm's bar, as under `python -m ... train`
+
+
+def test_item_lines_estimate_what_is_left(progress_file):
+    assert terminal.item_done("CLL table", 1, 3, "k=1 scored", 30.0)
+    assert progress_file.read_text() == "CLL table 1/3: k=1 scored (0:30; about 1:00 left)\n"
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (3725, "1:02:05"),
+                                           (float("nan"), "?")])
+def test_durations_read_as_clock_times(seconds, text):
+    assert terminal.format_duration(seconds) == text
+
+
+def test_relay_passes_on_whole_lines_in_order(tmp_path):
+    path = tmp_path / "progress.log"
+    seen = []
+    relay = terminal.Relay(path, seen.append, interval=0.01).start()
+    with open(path, "ab") as handle:
+        handle.write(b"first\nsec")
+        handle.flush()
+        relay.poll()
+        assert seen == ["first"]  # half a line waits for its end
+        handle.write(b"ond\nthird\n")
+    relay.stop()
+    assert seen == ["first", "second", "third"]
+    assert not any(t.name == "cvae-progress-relay" for t in threading.enumerate())
+
+
+def test_the_kernel_drops_only_its_transport_warning():
+    keep = DropTransportWarning()
+
+    def record(message, level=logging.WARNING):
+        return logging.LogRecord("IPKernelApp", level, __file__, 1, message, None, None)
+
+    assert not keep.filter(record(TRANSPORT_WARNING + ". All communication ..."))
+    assert keep.filter(record("Parent appears to have exited, shutting down."))
+    assert keep.filter(record("Error in message handler", logging.ERROR))
+
+
+def test_needs_follow_the_functions_a_chapter_calls():
+    assert needs_of("table = cll_table(config=config, data=data)") == {"book", "cll_table"}
+    assert needs_of("variants_table()") == {"variants", "variants_table"}
+    assert needs_of("classifier, _ = trained_classifier(data=data)") == {"classifier"}
+    assert needs_of("plotting.plot_digits(x)") == set()
+
+
+def test_plan_finds_the_models_the_cache_holds(tiny_data, cache_path):
+    budget = Budget("smoke", num_train=96, num_val=48, num_test=32, max_epochs=1)
+    before = build_plan(budget, budget, chapters=[], config=SMALL)
+    baseline = next(m for m in before.models if m.label == "baseline k=2" and "book" in m.groups)
+    assert not baseline.cached
+    assert baseline.path == checkpoint_path(run_key("baseline", SMALL, budget, 2))
+    trained_baseline(2, SMALL, budget, tiny_data, device="cpu", progress=False)
+    after = build_plan(budget, budget, chapters=[], config=SMALL)
+    cached = {m.label for m in after.models if m.cached}
+    assert cached == {"baseline k=2"}  # shared by the book and the variants at this budget
+    labels = [m.label for m in after.models]
+    assert {"cvae k=1", "digit classifier", "variant gsnn k=3"} <= set(labels)
+    assert len({m.path for m in after.models}) == len(labels)  # each file once
+    assert "chapters to execute: none" in "\n".join(after.lines())
+
+
+def test_plan_estimates_only_what_the_executing_chapters_train(cache_path):
+    budget = Budget("smoke", num_train=64, num_val=32, num_test=16, max_epochs=2)
+    plan = build_plan(budget, budget, chapters=["baseline"], needs={"book"},
+                      seconds_per_chapter=5.0, config=SMALL)
+    assert {m.label for m in plan.to_train} == {f"{kind} k={k}" for kind in ("baseline", "cvae")
+                                                for k in (1, 2, 3)}
+    assert all(m.epochs == 2 and m.seconds_per_epoch > 0 for m in plan.to_train)
+    assert plan.scoring == []
+    assert plan.seconds == pytest.approx(5.0 + sum(m.seconds for m in plan.to_train))
+    text = "\n".join(plan.lines())
+    assert "to train (smoke): 3 baseline k=1,2,3, 2 epochs" in text
+    assert "estimated time on this machine" in text
+
+
+def test_the_cll_table_and_the_variants_report_each_item(tiny_data, tmp_path, progress_file):
+    from cvae_utils.evaluate import cll_table
+    from cvae_utils.variants import variants_table
+
+    budget = Budget("smoke", num_train=64, num_val=32, num_test=16, max_epochs=1)
+    tiny = CVAEConfig(hidden_1=16, hidden_2=16, z_dim=3, batch_size=32)
+    cll_table((1, 3), tiny, budget, tiny_data, num_samples=3, elbo_samples=2, device="cpu",
+              cache=tmp_path, progress=False)
+    lines = progress_file.read_text().splitlines()
+    items = [line for line in lines if line.startswith("CLL table")]
+    assert [line.split(":")[0] for line in items] == ["CLL table 1/2", "CLL table 2/2"]
+    assert items[0].startswith("CLL table 1/2: k=1, N=16: NN ") and "CVAE IS" in items[0]
+    assert sum("epoch 1/1" in line for line in lines) == 4  # two baselines, two CVAEs
+    progress_file.write_text("")
+    variants_table(("book", "gsnn"), (2,), budget, tiny_data, num_samples=3, progress=False,
+                   cache=tmp_path, base=tiny, device="cpu")
+    items = [line for line in progress_file.read_text().splitlines()
+             if line.startswith("variants")]
+    assert [line.split(":")[0] for line in items] == ["variants 1/2", "variants 2/2"]
+    assert items[1].startswith("variants 2/2: k=2 gsnn: ")
