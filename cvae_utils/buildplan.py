@@ -353,19 +353,17 @@ def _estimate_epochs(models: list[PlannedModel], runs: list[dict], config: CVAEC
 
 def _scoring(budget: Budget, variants: Budget, config: CVAEConfig, directory, needs: set,
              per_image: float) -> list[tuple[str, float]]:
-    from . import evaluate, variants as variants_module
+    from . import tables, variants as variants_module
 
     out = []
-    key = evaluate._table_key(config, budget, list(QUADRANTS), evaluate.DEFAULT_NUM_SAMPLES,
-                              evaluate.DEFAULT_ELBO_SAMPLES, 0)
-    if "cll_table" in needs and not evaluate._table_paths(key, directory)[1].exists():
+    key = tables.cll_table_key(QUADRANTS, config, budget)
+    if "cll_table" in needs and not tables.table_paths(key, directory)[1].exists():
         # importance sampling, the MC prior (as costly) and the -ELBO with S=10 for each k
         out.append((f"CLL table, 3 x {budget.num_test:,} test images",
                     2.1 * 3 * budget.num_test * per_image))
     keys = list(variants_module.VARIANTS)
-    key = variants_module._table_key(keys, config, variants, list(QUADRANTS),
-                                     evaluate.DEFAULT_NUM_SAMPLES, "importance", 0)
-    if "variants_table" in needs and not evaluate._table_paths(key, directory)[1].exists():
+    key = tables.variants_table_key(keys, QUADRANTS, config, variants)
+    if "variants_table" in needs and not tables.table_paths(key, directory)[1].exists():
         out.append((f"variants table, {3 * len(keys)} x {variants.num_test:,} test images",
                     3 * len(keys) * variants.num_test * per_image))
     return out

@@ -294,6 +294,31 @@ def _device(device) -> torch.device:
 # The CLL table (chapter "Evaluation")
 # ------------------------------------------------------------------------------------------------
 
+def cll_table_key(ks: Sequence[int], config: CVAEConfig, budget: Budget, *,
+                  num_samples: int = DEFAULT_NUM_SAMPLES,
+                  elbo_samples: int = DEFAULT_ELBO_SAMPLES, seed: int = 0, device=None) -> dict:
+    """The key of `cll_table` for these settings (its file: ``table_paths(key)``)."""
+    models = {str(k): {kind: model_key(kind, config, budget, k, device)
+                       for kind in ("baseline", "cvae")} for k in ks}
+    return table_key("cll-table", models, budget, list(ks), rows=list(CLL_ROWS),
+                     estimators=CLL_ESTIMATORS, num_samples=num_samples,
+                     elbo_samples=elbo_samples, seed=seed)
+
+
+def variants_table_key(keys: Sequence[str], ks: Sequence[int], base: CVAEConfig, budget: Budget,
+                       *, num_samples: int = DEFAULT_NUM_SAMPLES, estimator: str = "importance",
+                       seed: int = 0, device=None) -> dict:
+    """The key of `variants_table` for these settings (its file: ``table_paths(key)``)."""
+    configs = {name: variant_config(name, base) for name in keys}
+    estimators = {"baseline": "exact",
+                  **{name: variant_estimator(configs[name], estimator) for name in keys}}
+    models = {"baseline": {str(k): model_key("baseline", base, budget, k, device) for k in ks},
+              **{name: {str(k): model_key("cvae", configs[name], budget, k, device) for k in ks}
+                 for name in keys}}
+    return table_key("variants-table", models, budget, list(ks), rows=["baseline", *keys],
+                     estimators=estimators, num_samples=num_samples, seed=seed)
+
+
 def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | None = None,
               budget: Budget | str | None = None, data: MNISTData | None = None, *,
               num_samples: int = DEFAULT_NUM_SAMPLES, elbo_samples: int = DEFAULT_ELBO_SAMPLES,
@@ -326,11 +351,8 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
     config = config if config is not None else CVAEConfig()
     budget = get_budget(budget)
     device = _device(device)
-    models = {str(k): {kind: model_key(kind, config, budget, k, device)
-                       for kind in ("baseline", "cvae")} for k in ks}
-    key = table_key("cll-table", models, budget, ks, rows=list(CLL_ROWS),
-                    estimators=CLL_ESTIMATORS, num_samples=num_samples,
-                    elbo_samples=elbo_samples, seed=seed)
+    key = cll_table_key(ks, config, budget, num_samples=num_samples, elbo_samples=elbo_samples,
+                        seed=seed, device=device)
     paths = table_paths(key, cache)
     attrs = {"labels": cll_labels(num_samples, elbo_samples), "estimators": CLL_ESTIMATORS,
              "budget": budget.name, "num_samples": num_samples, "elbo_samples": elbo_samples,
@@ -421,11 +443,8 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
     rows = ["baseline", *keys]
     estimators = {"baseline": "exact",
                   **{name: variant_estimator(configs[name], estimator) for name in keys}}
-    models = {"baseline": {str(k): model_key("baseline", base, budget, k, device) for k in ks},
-              **{name: {str(k): model_key("cvae", configs[name], budget, k, device) for k in ks}
-                 for name in keys}}
-    key = table_key("variants-table", models, budget, ks, rows=rows, estimators=estimators,
-                    num_samples=num_samples, seed=seed)
+    key = variants_table_key(keys, ks, base, budget, num_samples=num_samples,
+                             estimator=estimator, seed=seed, device=device)
     paths = table_paths(key, cache)
     labels = {"baseline": "NN baseline [exact]",
               **{name: variant_label(name, estimator, num_samples, base) for name in keys}}

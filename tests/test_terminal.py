@@ -6,14 +6,18 @@ import threading
 
 import pytest
 
-from cvae_utils import CVAEConfig, make_quadrant_data, train_baseline, trained_baseline
+from cvae_utils import (BaselineConfig, CVAEConfig, make_quadrant_data, train_baseline,
+                        trained_baseline, tutorial_config)
 from cvae_utils import terminal
 from cvae_utils.buildplan import build_plan, needs_of
-from cvae_utils.cache import checkpoint_path, run_key
+from cvae_utils.cache import checkpoint_path, model_key
 from cvae_utils.config import Budget
 from cvae_utils.kernel_launcher import TRANSPORT_WARNING, DropTransportWarning
 
-SMALL = CVAEConfig(hidden_1=32, hidden_2=16, z_dim=4, batch_size=16, patience=5)
+SMALL = tutorial_config().replace(
+    hidden_1=32, hidden_2=16, z_dim=4, batch_size=16, patience=5,
+    baseline=BaselineConfig(hidden_1=32, hidden_2=16, batch_size=16, patience=5,
+                            precision="fp32"))
 
 
 @pytest.fixture
@@ -35,7 +39,7 @@ def test_say_appends_lines_only_when_a_build_listens(tmp_path, monkeypatch):
 def test_every_epoch_of_a_training_run_reaches_the_channel(tiny_data, progress_file, capsys):
     train = make_quadrant_data(tiny_data.train, 2)
     val = make_quadrant_data(tiny_data.val, 2)
-    _, history = train_baseline(train, val, SMALL, max_epochs=3, device="cpu", progress=False)
+    _, history = train_baseline(train, val, SMALL.baseline, max_epochs=3, device="cpu", progress=False)
     lines = progress_file.read_text().splitlines()
     assert len(lines) == history.num_epochs == 3
     for epoch, line in enumerate(lines, start=1):
@@ -50,7 +54,7 @@ def test_without_the_channel_the_command_line_keeps_its_bar(tiny_data, monkeypat
     monkeypatch.delenv(terminal.PROGRESS_ENV, raising=False)
     train = make_quadrant_data(tiny_data.train, 1)
     val = make_quadrant_data(tiny_data.val, 1)
-    train_baseline(train, val, SMALL, max_epochs=2, device="cpu", progress=True)
+    train_baseline(train, val, SMALL.baseline, max_epochs=2, device="cpu", progress=True)
     err = capsys.readouterr().err
     assert "baseline k=1" in err and "batch" in err  # tqdm's bar, as under `python -m ... train`
 
@@ -104,7 +108,7 @@ def test_plan_finds_the_models_the_cache_holds(tiny_data, cache_path):
     before = build_plan(budget, budget, chapters=[], config=SMALL)
     baseline = next(m for m in before.models if m.label == "baseline k=2" and "book" in m.groups)
     assert not baseline.cached
-    assert baseline.path == checkpoint_path(run_key("baseline", SMALL, budget, 2))
+    assert baseline.path == checkpoint_path(model_key("baseline", SMALL, budget, 2))
     trained_baseline(2, SMALL, budget, tiny_data, device="cpu", progress=False)
     after = build_plan(budget, budget, chapters=[], config=SMALL)
     cached = {m.label for m in after.models if m.cached}
@@ -130,11 +134,11 @@ def test_plan_estimates_only_what_the_executing_chapters_train(cache_path):
 
 
 def test_the_cll_table_and_the_variants_report_each_item(tiny_data, tmp_path, progress_file):
-    from cvae_utils.evaluate import cll_table
-    from cvae_utils.variants import variants_table
+    from cvae_utils.tables import cll_table
+    from cvae_utils.tables import variants_table
 
     budget = Budget("smoke", num_train=64, num_val=32, num_test=16, max_epochs=1)
-    tiny = CVAEConfig(hidden_1=16, hidden_2=16, z_dim=3, batch_size=32)
+    tiny = SMALL.replace(hidden_1=16, hidden_2=16, z_dim=3, batch_size=32)
     cll_table((1, 3), tiny, budget, tiny_data, num_samples=3, elbo_samples=2, device="cpu",
               cache=tmp_path, progress=False)
     lines = progress_file.read_text().splitlines()
