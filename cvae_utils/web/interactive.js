@@ -38,6 +38,7 @@ async function runtime() {
       throw new Error("onnxruntime-web is missing from this build (" + error.message +
                       "): run `npm ci` in the repository and build the book again");
     }
+    performance.mark("cvae:runtime-imported");
     ortModule.env.wasm.numThreads = 1;     // no SharedArrayBuffer needed: any static host
     // the binary only: the bundle holds its JavaScript glue, so no ort-wasm-*.mjs is fetched
     ortModule.env.wasm.wasmPaths = { wasm: base + "ort-wasm-simd-threaded.wasm" };
@@ -61,10 +62,13 @@ async function loadSetting(k) {
       const [ort, idx] = await Promise.all([runtime(), index()]);
       const manifest = idx.settings[String(k)];
       const dir = modelsBase() + manifest.path + "/";
-      const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
+      // no graph optimisation: folding the float16 -> float32 casts of the weights at load
+      // time costs more (about 0.3 s for three networks) than casting them at every run
+      const options = { executionProviders: ["wasm"], graphOptimizationLevel: "disabled" };
       const names = Object.keys(manifest.files);
       const sessions = await Promise.all(names.map(
         (name) => ort.InferenceSession.create(dir + manifest.files[name].path, options)));
+      performance.mark(`cvae:models-k${k}`);
       const setting = { k, manifest, mask: Uint8Array.from(manifest.input_mask) };
       names.forEach((name, i) => { setting[name] = sessions[i]; });
       return setting;
@@ -182,6 +186,7 @@ async function refresh(kind) {  // complete the current input; one run at a time
     if (kind === "click") api.timings.clicks.push(ms);
     if (api.timings.firstCompletion === undefined) {
       api.timings.firstCompletion = performance.now();   // ms since the page started loading
+      performance.mark("cvae:first-completion");
     }
     say(`${NUM_SAMPLES} samples in ${ms.toFixed(0)} ms (layout: ${k} input quadrant${k > 1 ? "s" : ""})`,
         "ready");
@@ -268,12 +273,13 @@ digitPicker.addEventListener("change", () => {
 // start: the layout checked in the HTML and the first test digit, completed at once
 api.ready = (async () => {
   try {
+    performance.mark("cvae:start");
     say("loading onnxruntime-web and the models ...", "loading");
-    const idx = await index();
-    digits = await fetchJSON(modelsBase() + idx.digits);
+    const setting = loadSetting(k);   // runtime, index and models, fetched at once
+    digits = await fetchJSON(modelsBase() + (await index()).digits);
     digitPicker.append(...digits.images.map((_, i) =>
       new Option(`test digit ${i + 1}`, String(i))));
-    mask = (await loadSetting(k)).mask;
+    mask = (await setting).mask;
     await loadDigit(0);
     digitPicker.value = "0";
   } catch (error) {
