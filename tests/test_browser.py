@@ -306,9 +306,14 @@ def test_screenshots_light_dark_desktop_phone(tmp_path_factory, server):
 
     out = Path(os.environ.get("CVAE_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
     out.mkdir(parents=True, exist_ok=True)
-    for name, (width, height) in {"desktop": (1280, 1100), "phone": (390, 1500)}.items():
-        driver = _driver(tmp_path_factory, width, height)
+    for name, (width, height) in {"desktop": (1280, 1100), "phone": (390, 1400)}.items():
+        driver = _driver(tmp_path_factory, max(width, 500), height)
         try:
+            if name == "phone":  # a phone's viewport and touch (windows are at least 500 px)
+                driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                    "width": width, "height": height, "deviceScaleFactor": 2, "mobile": True})
+                driver.execute_cdp_cmd("Emulation.setTouchEmulationEnabled",
+                                       {"enabled": True, "maxTouchPoints": 5})
             for theme in ("light", "dark"):
                 driver.get(server + "interactive.html")
                 driver.execute_script("localStorage.setItem('theme', arguments[0]);"
@@ -332,7 +337,7 @@ def test_screenshots_light_dark_desktop_phone(tmp_path_factory, server):
                 bottom_left = shot[int((box[1] + box[3] - 4) * ratio), int((box[0] + 4) * ratio)]
                 assert np.abs(top_left - [0xc9, 0xd9, 0xee]).max() <= 3, (name, theme, top_left)
                 assert (bottom_left > 240).all(), (name, theme, bottom_left)
-                page_colour = shot[5, width // 2 if name == "phone" else 5]
+                page_colour = shot[5, int(width * ratio) // 2 if name == "phone" else 5]
                 assert (page_colour < 80).all() if theme == "dark" else (page_colour > 200).all()
             # a chapter with figures, in dark mode: the figures' backgrounds are opaque white
             driver.get(server + "data.html")
@@ -351,6 +356,9 @@ def test_screenshots_light_dark_desktop_phone(tmp_path_factory, server):
               }
               return out;""")
             assert light and min(light) == 255, light
+            driver.execute_script("document.querySelector('figure img')"
+                                  ".scrollIntoView({block: 'center'})")
+            time.sleep(0.3)
             driver.save_screenshot(str(out / f"data-{name}-dark.png"))
         finally:
             driver.quit()

@@ -62,9 +62,10 @@ async function loadSetting(k) {
       const [ort, idx] = await Promise.all([runtime(), index()]);
       const manifest = idx.settings[String(k)];
       const dir = modelsBase() + manifest.path + "/";
-      // no graph optimisation: folding the float16 -> float32 casts of the weights at load
-      // time costs more (about 0.3 s for three networks) than casting them at every run
-      const options = { executionProviders: ["wasm"], graphOptimizationLevel: "disabled" };
+      // full graph optimisation folds the float16 -> float32 casts of the weights once, when
+      // the sessions are created (a few tenths of a second), instead of casting 2.7 million
+      // weights at every run (benchmarks/bench_onnx_sessions.mjs measures both)
+      const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
       const names = Object.keys(manifest.files);
       const sessions = await Promise.all(names.map(
         (name) => ort.InferenceSession.create(dir + manifest.files[name].path, options)));
