@@ -23,8 +23,9 @@ import numpy as np
 
 from .files import write_atomically
 
-__all__ = ["PAGE_SCRIPT", "RUNTIME_FILES", "MATHJAX_ENTRY", "MATHJAX_PARTS", "NodeModules", "find_node_modules",
-           "copy_runtime", "copy_mathjax", "served_name", "export_interactive", "DEMO_DIGITS"]
+__all__ = ["PAGE_SCRIPT", "RUNTIME_FILES", "MATHJAX_ENTRY", "MATHJAX_PARTS", "NodeModules",
+           "find_node_modules", "copy_runtime", "copy_mathjax", "served_name",
+           "export_interactive", "DEMO_DIGITS"]
 
 # onnxruntime-web's ES-module bundle (the JavaScript glue included) and its WebAssembly binary;
 # the WebGPU/WebGL/JSPI/asyncify variants are not needed for four small MLPs
@@ -56,7 +57,8 @@ def find_node_modules(root: str | os.PathLike | None = None) -> NodeModules:
     """Look for onnxruntime-web and MathJax in ``root`` (default: ``CVAE_NODE_MODULES``, else
     ``node_modules/`` of the repository holding this package)."""
     if root is None:
-        root = os.environ.get("CVAE_NODE_MODULES") or Path(__file__).resolve().parents[1] / "node_modules"
+        root = (os.environ.get("CVAE_NODE_MODULES")
+                or Path(__file__).resolve().parents[1] / "node_modules")
     root = Path(root)
     ort = root / "onnxruntime-web" / "dist"
     mathjax = root / "mathjax" / "es5"
@@ -99,7 +101,8 @@ def copy_mathjax(modules: NodeModules, target: str | os.PathLike) -> int:
     target, count = Path(target), 0
     for part in MATHJAX_PARTS:
         source = modules.mathjax / part
-        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+        files = ([source] if source.is_file()
+                 else sorted(p for p in source.rglob("*") if p.is_file()))
         for path in files:
             _copy_file(path, target / path.relative_to(modules.mathjax))
             count += 1

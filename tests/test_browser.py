@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import json
 import os
 import shutil
 import subprocess
@@ -32,7 +31,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMEDRIVER = (os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
+                or "/usr/bin/chromedriver")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TOLERANCE = 1e-4
 
@@ -52,14 +52,12 @@ def book_html(tmp_path_factory) -> Path:
         if not (html / "interactive.html").is_file():
             pytest.fail(f"CVAE_BOOK_HTML={given} holds no built book (no interactive.html)")
         return html
-    if not Path(CHROMIUM).exists():
-        _unavailable(f"no Chromium at {CHROMIUM}: apt-get install chromium chromium-driver")
+    _require_browser()  # before spending minutes on a build
     out = tmp_path_factory.mktemp("book")
     env = {**os.environ, "CVAE_BUDGET": os.environ.get("CVAE_BUDGET", "smoke")}
-    command = [sys.executable, "-m", "jupyter_book", "build", str(REPO / "book"),
+    script = Path(sys.executable).with_name("jupyter-book")
+    command = [str(script) if script.exists() else "jupyter-book", "build", str(REPO / "book"),
                "--path-output", str(out)]
-    if shutil.which("jupyter-book"):
-        command = ["jupyter-book", *command[3:]]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         pytest.fail(f"the smoke build failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -81,15 +79,22 @@ def server(book_html):
     httpd.shutdown()
 
 
-def _driver(tmp_path_factory, width=1280, height=900):
+def _require_browser() -> None:
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+        import selenium  # noqa: F401
     except ImportError:
         _unavailable("selenium is not installed: pip install -r requirements.txt")
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not Path(path).exists():
-            _unavailable(f"{path} is missing: apt-get install {package}")
+            _unavailable(f"{path} is missing: apt-get install {package} (or set "
+                         f"CHROMIUM and CHROMEDRIVER)")
+
+
+def _driver(tmp_path_factory, width=1280, height=900):
+    _require_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -143,7 +148,8 @@ return {images, foreign, mathjax: typeof MathJax !== 'undefined' && !!MathJax.st
         math_nodes: document.querySelectorAll('.math, span.math, div.math').length,
         rendered: document.querySelectorAll('mjx-container').length,
         raw_math: /\\\\\\(|\\\\\\[|\\$\\$/.test(text),
-        errors: document.querySelectorAll('.output.error, .output.traceback, .cell_output .stderr').length,
+        errors: document.querySelectorAll(
+          '.output.error, .output.traceback, .cell_output .stderr').length,
         traceback: /Traceback \\(most recent call last\\)/.test(text),
         mathjax_src: Array.from(document.scripts).map(s => s.src).filter(s => /mathjax/i.test(s))};
 """
@@ -180,7 +186,7 @@ def test_every_page_loads_cleanly(browser, server, book_html):
         if has_math and (not report["rendered"] or report["raw_math"]):
             problems.append(f"{page}: maths not rendered ({report['rendered']} rendered, "
                             f"raw TeX left: {report['raw_math']})")
-        if report["mathjax_src"] and not all(src.startswith(server) for src in report["mathjax_src"]):
+        if not all(src.startswith(server) for src in report["mathjax_src"]):
             problems.append(f"{page}: MathJax from {report['mathjax_src']}")
     assert not problems, "\n".join(problems)
 
@@ -246,7 +252,8 @@ def pytorch_models():
 
     torch.set_num_threads(1)
     data = load_mnist()
-    return {k: round_weights_float16(trained_cvae(k, book_config(), data=data)[0]) for k in (1, 2, 3)}
+    return {k: round_weights_float16(trained_cvae(k, book_config(), data=data)[0])
+            for k in (1, 2, 3)}
 
 
 def _compare(driver, k, models, seed):
@@ -272,7 +279,8 @@ def test_interactive_page_matches_pytorch(browser, server, pytorch_models):
 
     _open_interactive(browser, server)
     # only the first layout's models were fetched
-    assert _fetched(browser, "/k1/") and not _fetched(browser, "/k2/") and not _fetched(browser, "/k3/")
+    assert _fetched(browser, "/k1/")
+    assert not _fetched(browser, "/k2/") and not _fetched(browser, "/k3/")
     browser.find_element("css selector", ".cvae-clear").click()
     _wait(browser, "return document.getElementById('cvae-interactive').dataset.state === 'ready'")
     # a stroke in the bottom-left quadrant, and one that strays into the output region
@@ -319,7 +327,8 @@ def test_screenshots_light_dark_desktop_phone(tmp_path_factory, server):
                 driver.execute_script("localStorage.setItem('theme', arguments[0]);"
                                       "localStorage.setItem('mode', arguments[0]);", theme)
                 _open_interactive(driver, server)
-                assert driver.execute_script("return document.documentElement.dataset.theme") == theme
+                shown = driver.execute_script("return document.documentElement.dataset.theme")
+                assert shown == theme
                 driver.execute_script("document.getElementById('cvae-interactive')"
                                       ".scrollIntoView({block: 'start'})")
                 time.sleep(0.3)

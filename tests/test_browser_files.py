@@ -1,4 +1,4 @@
-"""cvae_utils.browser: what the build copies from node_modules, and what it says when it is absent."""
+"""cvae_utils.browser: what the build copies from node_modules, and what it says without it."""
 from __future__ import annotations
 
 import json

@@ -22,16 +22,16 @@ from pathlib import Path
 
 from sphinx.util import logging
 
-from cvae_utils.browser import PAGE_SCRIPT, copy_mathjax, copy_runtime, find_node_modules
+from cvae_utils.browser import (MATHJAX_ENTRY, PAGE_SCRIPT, copy_mathjax, copy_runtime,
+                                find_node_modules)
 
 logger = logging.getLogger(__name__)
 
 
 def use_local_mathjax(app, config) -> None:
     modules = find_node_modules()
-    app.env_node_modules = modules  # read again at build-finished
     if modules.mathjax is not None:
-        config.mathjax_path = "mathjax/" + "tex-mml-chtml.js"
+        config.mathjax_path = f"mathjax/{MATHJAX_ENTRY}"  # relative to _static
     else:
         logger.info(f"[book_browser] MathJax from a CDN: {modules.missing}")
 
