@@ -137,12 +137,17 @@ class BookFigure(Figure):
     """A matplotlib Figure that Jupyter displays as a PNG by itself, whatever the backend.
 
     The book's figures live outside pyplot's registry (no global state, no figure shown twice,
-    memory freed with the object), so they carry their own rich display.
+    memory freed with the object), so they carry their own rich display. The PNG is always
+    opaque, on the figure's face colour made fully opaque (white unless a figure chose another),
+    whatever ``savefig.transparent`` or a style sheet says: on the theme's dark background a
+    transparent figure would show black text and dark ink on near-black.
     """
 
     def _repr_png_(self) -> bytes:
         buffer = io.BytesIO()
-        self.savefig(buffer, format="png")
+        face = matplotlib.colors.to_rgba(self.get_facecolor())
+        opaque = face[:3] + (1.0,) if face[3] > 0 else (1.0, 1.0, 1.0, 1.0)
+        self.savefig(buffer, format="png", transparent=False, facecolor=opaque)
         return buffer.getvalue()
 
 

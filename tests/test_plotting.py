@@ -354,3 +354,22 @@ def test_write_mp4_when_ffmpeg_is_available(tmp_path):
     frames = list(iio.imiter(path))
     assert len(frames) == 4 and frames[0].shape == (24, 32, 3)   # padded to even sizes
     assert [p.name for p in tmp_path.iterdir()] == ["anim.mp4"]
+
+
+def test_book_figures_are_opaque_even_with_a_transparent_style():
+    """Dark mode: a figure's PNG must carry its own background (alpha 255 everywhere)."""
+    import io
+
+    import matplotlib
+    from PIL import Image
+
+    images = torch.rand(6, 784)
+    with matplotlib.rc_context({"savefig.transparent": True, "figure.facecolor": "none",
+                                "axes.facecolor": "none"}):
+        figures = [plotting.plot_digits(images, ncols=3), plotting.plot_graphical_models(),
+                   plotting.plot_estimator_intuition()]
+        for fig in figures:
+            rgba = np.asarray(Image.open(io.BytesIO(fig._repr_png_())).convert("RGBA"))
+            assert rgba[..., 3].min() == 255
+            # the background is white, as in light mode (a corner pixel of the figure)
+            assert tuple(rgba[0, 0, :3]) == (255, 255, 255)
