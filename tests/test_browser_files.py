@@ -53,7 +53,7 @@ def test_export_interactive_writes_what_the_page_reads(tmp_path):
 
     config = book_config()
     torch.manual_seed(0)
-    index = export_interactive({2: CVAE(BaselineNet(config), config)}, torch.rand(10, 28, 28),
+    index = export_interactive({2: CVAE(BaselineNet(config.baseline), config)}, torch.rand(10, 28, 28),
                                tmp_path)
     assert json.loads((tmp_path / "index.json").read_text()) == index
     setting = index["settings"]["2"]

@@ -21,7 +21,7 @@ TOLERANCE = 1e-5
 
 def _random_cvae(config, seed=0):
     torch.manual_seed(seed)
-    cvae = CVAE(BaselineNet(config), config)
+    cvae = CVAE(BaselineNet(config.baseline), config)
     with torch.no_grad():  # weights larger than at initialisation: saturated, varied pixels
         for parameter in cvae.parameters():
             parameter.mul_(1.5)
