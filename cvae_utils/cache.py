@@ -34,7 +34,7 @@ import pyro
 import torch
 
 from .config import BaselineConfig, Budget, CVAEConfig, get_budget
-from .data import MNISTData, check_num_quadrants, load_mnist, make_quadrant_data
+from .data import MNISTData, check_num_quadrants, input_mask, load_mnist, make_quadrant_data
 from .files import check_writable, write_atomically
 from .networks import CVAE, BaselineNet
 from .speed import resolve_precision
@@ -182,9 +182,10 @@ def load_checkpoint(path: str | os.PathLike, key: dict, module: torch.nn.Module)
         history = History.from_dict(payload["history"])
     except Exception as error:  # wrong tensor shapes or names, malformed history
         raise CheckpointError(f"{path} does not fit the model ({error})") from error
-    for part in module.modules():  # the CVAE and the baseline inside it know their layout
-        if hasattr(type(part), "num_quadrants"):
-            part.num_quadrants = key.get("num_quadrants")
+    if "num_quadrants" in key:  # the CVAE and the baseline inside it know their layout
+        for part in module.modules():
+            if hasattr(type(part), "input_mask"):
+                part.input_mask = input_mask(key["num_quadrants"]).reshape(-1)
     return history
 
 

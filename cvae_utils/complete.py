@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import check_num_quadrants, input_mask
+from .data import check_layout, check_num_quadrants, input_mask
 from .diversity import assemble, sample_completions
 from .networks import NUM_PIXELS, device_of
 
@@ -195,11 +195,7 @@ def complete_digit(image, num_quadrants: int | None = None, known_mask=None, *,
     cvae_k = _pick(cvae, k, "cvae")
     baseline_k = _pick(baseline, k, "baseline") if baseline is not None else cvae_k.baseline
     for name, model in (("cvae", cvae_k), ("baseline", baseline_k)):
-        trained_for = getattr(model, "num_quadrants", None)
-        if trained_for is not None and trained_for != k:
-            raise ValueError(f"the {name} was trained for {trained_for} input quadrant(s), but "
-                             f"this completion needs the layout of {k}: pass {name}={{{k}: "
-                             f"model, ...}} (e.g. {{k: trained_cvae(k)[0] for k in (1, 2, 3)}})")
+        check_layout(model, input_mask(k), f"this completion (models: {name}={{k: model}})")
 
     known = torch.from_numpy(mask.reshape(1, NUM_PIXELS))                # (1, 784)
     pixels = torch.from_numpy(array.reshape(1, NUM_PIXELS))              # (1, 784)

@@ -29,7 +29,7 @@ __all__ = [
     "MNIST_FILES", "MNISTNotFoundError", "Split", "MNISTData", "QuadrantData", "data_root",
     "load_mnist", "check_num_quadrants", "input_mask", "mask_quadrants", "make_quadrant_data",
     "iterate_minibatches", "VALIDATION_SEED", "MNIST_MD5", "MNIST_SHA256", "MNISTDataError",
-    "check_quadrant_data",
+    "check_quadrant_data", "check_layout", "describe_layout",
 ]
 
 MNIST_FILES = (
@@ -287,17 +287,28 @@ class QuadrantData:
                             self.num_quadrants)
 
 
-def check_quadrant_data(x: torch.Tensor, y: torch.Tensor | None, num_quadrants: int,
-                        what: str = "data") -> None:
-    """Check that x (and y) are what the models of k input quadrants read, or raise a
-    ValueError that says what is wrong and how to build them.
+def describe_layout(mask: torch.Tensor) -> str:
+    """A layout in words: "the 2-quadrant layout", or "a layout of its own (392 input pixels)"."""
+    mask = mask.reshape(-1).cpu()
+    for k in (1, 2, 3):
+        if torch.equal(mask, input_mask(k).reshape(-1)):
+            return f"the {k}-quadrant layout"
+    return f"a layout of its own ({int(mask.sum())} input pixels)"
 
-    x and y: (N, 784) float32 tensors; x holds values in [0, 1] exactly on the input pixels of
-    the k-quadrant layout (`input_mask`) and -1 elsewhere, y the same on the output pixels.
+
+def check_quadrant_data(x: torch.Tensor, y: torch.Tensor | None,
+                        what: str = "data") -> torch.Tensor:
+    """Check that x (and y) are masked images as the models read them; return the input mask.
+
+    x and y: (N, 784) float32 tensors; every image of x holds values in [0, 1] on the same
+    input pixels and -1 elsewhere, and y holds values in [0, 1] exactly on the other pixels.
+    Returns that input mask, (784,) bool, so that callers can compare it with the layout a
+    model was trained for. Raises a ValueError (TypeError for a wrong type) that says what is
+    wrong and how to build the data.
     """
-    k = check_num_quadrants(num_quadrants)
     how = "build x and y with cvae_utils.make_quadrant_data(split, k)"
-    for name, tensor, expected in (("x", x, input_mask(k)), ("y", y, ~input_mask(k))):
+    masks = {}
+    for name, tensor in (("x", x), ("y", y)):
         if tensor is None:
             continue
         if not isinstance(tensor, torch.Tensor):
@@ -316,14 +327,33 @@ def check_quadrant_data(x: torch.Tensor, y: torch.Tensor | None, num_quadrants: 
             raise ValueError(f"{what}: {name} must hold pixels in [0, 1] and -1 where absent, "
                              f"got values in [{tensor.min().item():g}, {tensor.max().item():g}]"
                              f" (images in 0-255 must be divided by 255)")
-        layout = expected.reshape(-1).to(tensor.device)
-        if not (present == layout).all():
-            rows = (present != layout).any(dim=1).nonzero().flatten()[:5].tolist()
-            raise ValueError(f"{what}: the pixels present in {name} do not follow the "
-                             f"{k}-quadrant layout (rows {rows}...); a model for {k} input "
-                             f"quadrant(s) reads only data masked that way: {how}")
-    if x is not None and y is not None and x.shape[0] != y.shape[0]:
-        raise ValueError(f"{what}: x has {x.shape[0]} images, y {y.shape[0]}")
+        if not (present == present[:1]).all():
+            rows = (present != present[:1]).any(dim=1).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"{what}: the images of {name} do not all have the same pixels "
+                             f"present (rows {rows} differ from row 0); {how}")
+        masks[name] = present[0]
+    if x is not None and y is not None:
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"{what}: x has {x.shape[0]} images, y {y.shape[0]}")
+        if not torch.equal(masks["y"], ~masks["x"]):
+            raise ValueError(f"{what}: the pixels present in y must be exactly those absent "
+                             f"from x (are x and y swapped, or y empty?); {how}")
+    return masks["x"] if x is not None else ~masks["y"]
+
+
+def check_layout(model, mask: torch.Tensor, what: str = "the data") -> None:
+    """Raise a ValueError when ``model`` records an input layout (``model.input_mask``, set
+    by training and by the cache) other than ``mask``, naming both layouts and the fix."""
+    trained = getattr(model, "input_mask", None)
+    if trained is not None and not torch.equal(trained.reshape(-1).cpu(), mask.reshape(-1).cpu()):
+        if torch.equal(trained.reshape(-1).cpu(), ~mask.reshape(-1).cpu()):
+            raise ValueError(f"{what} has x and y swapped: its x holds the pixels the model "
+                             f"predicts ({describe_layout(trained)} reads the others); pass "
+                             f"x and y as make_quadrant_data builds them")
+        raise ValueError(f"the model was trained for {describe_layout(trained)} and {what} "
+                         f"has {describe_layout(mask)}: use the model trained for that layout "
+                         f"(e.g. trained_cvae(k) for k input quadrants), or mask the data for "
+                         f"the model's layout (make_quadrant_data(split, k))")
 
 
 def make_quadrant_data(split: Split, num_quadrants: int) -> QuadrantData:

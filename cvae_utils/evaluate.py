@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from .data import QuadrantData, check_quadrant_data
+from .data import QuadrantData, check_layout, check_quadrant_data
 from .networks import CVAE, NUM_PIXELS, BaselineNet, device_of, masked_bce
 from .train import baseline_loss
 
@@ -243,21 +243,15 @@ def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def _check_quadrant_data(data: QuadrantData, model: torch.nn.Module) -> float:
-    """Check that ``data`` is masked data of the layout ``model`` was trained for (finite
-    float32 pixels in [0, 1], -1 where absent, the k-quadrant mask); return the number of
-    output pixels per image."""
+    """Check that ``data`` is masked data (finite float32 pixels in [0, 1], -1 where absent,
+    one layout) of the layout ``model`` was trained for; return the output pixels per image."""
     if not isinstance(data, QuadrantData):
         raise TypeError(f"data must be a QuadrantData (x and y masked for k input quadrants), "
                         f"got {type(data).__name__}; build it with "
                         f"cvae_utils.make_quadrant_data(split, k)")
-    trained_for = getattr(model, "num_quadrants", None)
-    if trained_for is not None and trained_for != data.num_quadrants:
-        raise ValueError(f"the model was trained for {trained_for} input quadrant(s) and the "
-                         f"data has {data.num_quadrants}: score it on "
-                         f"make_quadrant_data(split, {trained_for}), or use the model of "
-                         f"{data.num_quadrants} quadrant(s)")
-    check_quadrant_data(data.x, data.y, data.num_quadrants, "the data to score")
-    return (data.y[0] >= 0).sum().item()
+    mask = check_quadrant_data(data.x, data.y, "the data to score")
+    check_layout(model, mask)
+    return int((~mask).sum())
 
 
 def _chunk_size(num_samples: int, chunk_size: int | None) -> int:

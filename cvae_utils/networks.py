@@ -60,11 +60,12 @@ def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class BaselineNet(nn.Module):
     """The deterministic baseline: 784-500-500-784 MLP from x to the pixel probabilities of y.
 
-    ``num_quadrants`` records the layout it was trained for (set by training and by the
-    cache; None for a model built by hand), so that functions given data can check it fits.
+    ``input_mask`` records the input pixels of the layout it was trained for, (784,) bool
+    (set by training and by the cache; None for a model built by hand), so that functions
+    given data can check that it fits (`cvae_utils.data.check_layout`).
     """
 
-    num_quadrants: int | None = None
+    input_mask: torch.Tensor | None = None
 
     def __init__(self, config: BaselineConfig | None = None):
         super().__init__()
@@ -150,7 +151,7 @@ class CVAE(nn.Module):
     pixel logits. `model` and `guide` are the Pyro programs trained with SVI.
     """
 
-    num_quadrants: int | None = None  # the layout it was trained for (see BaselineNet)
+    input_mask: torch.Tensor | None = None  # the layout it was trained for (see BaselineNet)
 
     def __init__(self, baseline: BaselineNet, config: CVAEConfig | None = None):
         super().__init__()

@@ -28,7 +28,7 @@ from pyro.poutine.messenger import Messenger
 
 from . import terminal
 from .config import BaselineConfig, CVAEConfig
-from .data import QuadrantData, check_quadrant_data, iterate_minibatches
+from .data import QuadrantData, check_layout, check_quadrant_data, iterate_minibatches
 from .networks import CVAE, BaselineNet, masked_bce
 from .optim import JointAdam, WeightAverage
 from .speed import autocast, flush_denormals
@@ -177,7 +177,7 @@ def train_baseline(train: QuadrantData, val: QuadrantData, config: BaselineConfi
     """Train the baseline MLP with Adam on the masked BCE; early stopping on ``val``."""
     config = config or BaselineConfig()
     device = _device(device)
-    _check_splits(train, val)
+    mask = _check_splits(train, val)
     flush_denormals()
     torch.manual_seed(config.seed)
     baseline = BaselineNet(config).to(device)
@@ -204,17 +204,17 @@ def train_baseline(train: QuadrantData, val: QuadrantData, config: BaselineConfi
                   batch_size=config.batch_size, max_epochs=max_epochs,
                   patience=config.patience, seed=config.seed, callbacks=callbacks,
                   desc=f"baseline k={train.num_quadrants}", progress=progress)
-    baseline.num_quadrants = train.num_quadrants
+    baseline.input_mask = mask.cpu()
     return baseline.eval(), history
 
 
-def _check_splits(train: QuadrantData, val: QuadrantData) -> None:
-    """Training and validation data of one layout, masked as `make_quadrant_data` does."""
-    if train.num_quadrants != val.num_quadrants:
-        raise ValueError(f"the training data has {train.num_quadrants} input quadrant(s), the "
-                         f"validation data {val.num_quadrants}: mask both for the same k")
-    check_quadrant_data(train.x, train.y, train.num_quadrants, "training data")
-    check_quadrant_data(val.x, val.y, val.num_quadrants, "validation data")
+def _check_splits(train: QuadrantData, val: QuadrantData) -> torch.Tensor:
+    """Training and validation data masked alike (`check_quadrant_data`); their input mask."""
+    mask = check_quadrant_data(train.x, train.y, "training data")
+    if not torch.equal(check_quadrant_data(val.x, val.y, "validation data"), mask):
+        raise ValueError("the training and the validation data are masked differently: mask "
+                         "both for the same layout")
+    return mask
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,11 +329,8 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
     """
     config = config or CVAEConfig()
     device, what = _device(device), f"cvae k={train.num_quadrants}"
-    _check_splits(train, val)
-    if baseline.num_quadrants not in (None, train.num_quadrants):
-        raise ValueError(f"the baseline was trained for {baseline.num_quadrants} input "
-                         f"quadrant(s), the data has {train.num_quadrants}: use the baseline "
-                         f"of the same k (trained_baseline(k))")
+    mask = _check_splits(train, val)
+    check_layout(baseline, mask, "the training data")
     flush_denormals()
     torch.manual_seed(config.seed)
     if config.joint_baseline:
@@ -386,7 +383,7 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
                   warmup_epochs=warmup, seed=config.seed, start_epoch=start_epoch,
                   validated_weights=average.swapped_in, callbacks=callbacks, desc=what,
                   progress=progress)
-    cvae.num_quadrants = train.num_quadrants
+    cvae.input_mask = mask.cpu()
     return cvae.eval(), history
 
 

@@ -325,7 +325,7 @@ def test_cvae_bad_inputs_raise(tiny_cvae):
     with pytest.raises(ValueError, match="N >= 1"):
         baseline_ncll(tiny_cvae.baseline, empty)
     no_output = QuadrantData(data.x, torch.full_like(data.y, -1.0), data.labels, 1)
-    with pytest.raises(ValueError, match="pixels present in y do not follow the 1-quadrant"):
+    with pytest.raises(ValueError, match="pixels present in y must be exactly those absent"):
         cvae_importance_sampling(tiny_cvae, no_output, num_samples=2)
 
 

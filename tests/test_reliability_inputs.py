@@ -35,16 +35,19 @@ def models():
 
 def test_trained_models_record_their_layout(models):
     _, baseline, cvae = models
-    assert baseline.num_quadrants == cvae.num_quadrants == cvae.baseline.num_quadrants == 1
+    from cvae_utils import input_mask
+
+    for model in (baseline, cvae, cvae.baseline):
+        assert torch.equal(model.input_mask, input_mask(1).reshape(-1))
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_a_model_of_one_layout_refuses_data_of_another(models, estimator):
     data, baseline, cvae = models
     two = make_quadrant_data(data.test, 2)
-    with pytest.raises(ValueError, match="trained for 1 input quadrant.*data has 2"):
+    with pytest.raises(ValueError, match="trained for the 1-quadrant layout.*has the 2-quadrant layout"):
         estimator(cvae, two, num_samples=2)
-    with pytest.raises(ValueError, match="trained for 1 input quadrant.*data has 2"):
+    with pytest.raises(ValueError, match="trained for the 1-quadrant layout.*has the 2-quadrant layout"):
         baseline_ncll(baseline, two)
 
 
@@ -53,7 +56,7 @@ def test_swapped_x_and_y_are_refused(models, estimator):
     data, _, cvae = models
     test = make_quadrant_data(data.test, 1)
     swapped = QuadrantData(test.y, test.x, test.labels, 1)
-    with pytest.raises(ValueError, match="do not follow the 1-quadrant layout"):
+    with pytest.raises(ValueError, match="has x and y swapped"):
         estimator(cvae, swapped, num_samples=2)
 
 
@@ -108,10 +111,30 @@ def test_one_quadrant_count_is_a_table_of_one_column_and_nonsense_is_explained()
 def test_complete_digit_refuses_a_model_of_another_layout(models):
     _, _, cvae = models  # trained for one quadrant
     image = np.zeros((28, 28), dtype=np.float32)
-    with pytest.raises(ValueError, match="trained for 1 input quadrant.*layout of 2"):
+    with pytest.raises(ValueError, match="trained for the 1-quadrant layout and this completion"):
         complete_digit(image, num_quadrants=2, cvae=cvae)
     completion = complete_digit(image, num_quadrants=1, cvae=cvae, num_samples=2)
     assert completion.samples.shape == (2, 28, 28)
+
+
+def test_a_layout_of_its_own_trains_and_is_then_required(models):
+    data, _, _ = models
+    right = torch.zeros(28, 28, dtype=torch.bool)
+    right[:, 14:] = True
+
+    def masked(split):
+        images = split.images.reshape(len(split), -1)
+        flat = right.reshape(-1)
+        return QuadrantData(torch.where(flat, images, -1.0), torch.where(flat, -1.0, images),
+                            split.labels, 2)
+
+    baseline, _ = train_baseline(masked(data.train), masked(data.val), SMALL.baseline,
+                                 max_epochs=1, device="cpu", progress=False)
+    assert baseline_ncll(baseline, masked(data.test)).mean > 0
+    with pytest.raises(ValueError, match="trained for a layout of its own .392 input pixels"):
+        baseline_ncll(baseline, make_quadrant_data(data.test, 1))
+    with pytest.raises(ValueError, match="has x and y swapped"):  # the left half is its mirror
+        baseline_ncll(baseline, make_quadrant_data(data.test, 2))
 
 
 def test_training_refuses_targets_in_0_255_before_it_starts(models):
@@ -122,7 +145,7 @@ def test_training_refuses_targets_in_0_255_before_it_starts(models):
     with pytest.raises(ValueError, match="training data: y must hold pixels in \\[0, 1\\]"):
         train_cvae(scaled, make_quadrant_data(data.val, 1), baseline, SMALL, max_epochs=1,
                    device="cpu", progress=False)
-    with pytest.raises(ValueError, match="trained for 1 input quadrant.*data has 2"):
+    with pytest.raises(ValueError, match="trained for the 1-quadrant layout.*has the 2-quadrant layout"):
         train_cvae(make_quadrant_data(data.train, 2), make_quadrant_data(data.val, 2), baseline,
                    SMALL, max_epochs=1, device="cpu", progress=False)
 
