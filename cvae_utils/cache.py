@@ -225,8 +225,12 @@ def _resolve(config, budget, data, device):
     if data is not None and not isinstance(data, MNISTData):
         raise TypeError(f"data must be the MNISTData of load_mnist(), got "
                         f"{type(data).__name__}")
+    try:
+        device = torch.device(device) if device is not None else default_device()
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:0' "
+                         f"({error})") from None
     data = (data if data is not None else load_mnist()).subset(budget)
-    device = torch.device(device) if device is not None else default_device()
     return config, budget, data, device
 
 

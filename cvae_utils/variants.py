@@ -20,7 +20,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
-from .config import BUDGETS, Budget, CVAEConfig, get_budget, tutorial_config
+from .config import BUDGETS, Budget, CVAEConfig, get_budget, parse_budget, tutorial_config
 
 if TYPE_CHECKING:  # imported where used: pandas is slow to import
     import pandas as pd
@@ -120,13 +120,12 @@ def variants_budget(name: str | Budget | None = None) -> Budget:
     """
     if name is not None:
         return get_budget(name)
-    value = os.environ.get("CVAE_VARIANTS_BUDGET", "").strip()
-    if value:
+    value = os.environ.get("CVAE_VARIANTS_BUDGET", "")
+    if value:  # the same rule as CVAE_BUDGET and the command line: a budget's exact name
         try:
-            return get_budget(value)
+            return parse_budget(value, "environment variable CVAE_VARIANTS_BUDGET")
         except ValueError as error:
-            raise ValueError(f"unknown budget CVAE_VARIANTS_BUDGET={value!r}; choose one of "
-                             f"{', '.join(BUDGETS)}, or unset it to follow CVAE_BUDGET "
+            raise ValueError(f"{error}; or unset CVAE_VARIANTS_BUDGET to follow CVAE_BUDGET "
                              f"(capped at {VARIANTS_BUDGET_CAP})") from error
     book = get_budget()
     order = list(BUDGETS)

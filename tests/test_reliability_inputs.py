@@ -163,3 +163,20 @@ def test_the_cache_functions_explain_bad_arguments(kwargs, error, match, tmp_pat
         trained_cvae(1, **{"cache": tmp_path, "budget": "smoke", **kwargs})
     with pytest.raises(ValueError, match="the int 1, 2 or 3"):
         trained_cvae(4, SMALL, "smoke", cache=tmp_path)
+
+
+def test_the_variants_budget_follows_the_same_rule_as_the_books(monkeypatch):
+    from cvae_utils import variants_budget
+
+    monkeypatch.setenv("CVAE_VARIANTS_BUDGET", " quick")
+    with pytest.raises(ValueError, match="CVAE_VARIANTS_BUDGET.*did you mean 'quick'"):
+        variants_budget()
+    monkeypatch.setenv("CVAE_VARIANTS_BUDGET", "quick")
+    assert variants_budget().name == "quick"
+
+
+def test_an_unknown_device_is_named(tmp_path):
+    from cvae_utils import trained_cvae
+
+    with pytest.raises(ValueError, match="unknown device 'cpux'"):
+        trained_cvae(1, SMALL, "smoke", device="cpux", cache=tmp_path)

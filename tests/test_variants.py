@@ -108,16 +108,18 @@ def test_variants_budget_override_and_errors(monkeypatch):
     monkeypatch.setenv("CVAE_VARIANTS_BUDGET", "paper")
     assert variants_budget().name == "paper"
     monkeypatch.setenv("CVAE_BUDGET", "smoke")
-    monkeypatch.setenv("CVAE_VARIANTS_BUDGET", " quick ")     # surrounding spaces are ignored
+    monkeypatch.setenv("CVAE_VARIANTS_BUDGET", "quick")
     assert variants_budget().name == "quick"
-    monkeypatch.setenv("CVAE_VARIANTS_BUDGET", "Quick")       # names are strict: lower case
-    with pytest.raises(ValueError, match="CVAE_VARIANTS_BUDGET='Quick'"):
-        variants_budget()
+    for strict in (" quick ", "Quick"):  # names are strict, as for CVAE_BUDGET
+        monkeypatch.setenv("CVAE_VARIANTS_BUDGET", strict)
+        with pytest.raises(ValueError, match=f"{strict!r} from the environment variable "
+                                             f"CVAE_VARIANTS_BUDGET"):
+            variants_budget()
     monkeypatch.setenv("CVAE_VARIANTS_BUDGET", "")             # empty: as if unset
     assert variants_budget().name == "smoke"
     assert variants_budget("paper").name == "paper" and variants_budget(TINY_BUDGET) is TINY_BUDGET
     monkeypatch.setenv("CVAE_VARIANTS_BUDGET", "full")
-    with pytest.raises(ValueError, match=r"CVAE_VARIANTS_BUDGET='full'.*smoke, quick, paper"):
+    with pytest.raises(ValueError, match=r"'full' from the .*CVAE_VARIANTS_BUDGET.*smoke, quick, paper"):
         variants_budget()
     monkeypatch.delenv("CVAE_VARIANTS_BUDGET")
     monkeypatch.setenv("CVAE_BUDGET", "huge")
