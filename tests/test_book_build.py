@@ -58,6 +58,10 @@ def book_copy(root: Path, chapters: list[str], extra: dict[str, str] | None = No
     book.mkdir(parents=True)
     for name in ["_config.yml", "references.bib", "intro.md"] + [f"{c}.md" for c in chapters]:
         shutil.copy(BOOK / name, book / name)
+    for folder in ("_ext", "_static"):  # the local extension _config.yml names, the favicon
+        if (BOOK / folder).is_dir():
+            shutil.copytree(BOOK / folder, book / folder,
+                            ignore=shutil.ignore_patterns("generated", "__pycache__"))
     for name, text in (extra or {}).items():
         (book / f"{name}.md").write_text(text, encoding="utf-8")
         chapters = chapters + [name]
