@@ -252,8 +252,8 @@ def _build_finished(app: Sphinx, exception) -> None:
     if exception is None and app.builder is not None and app.builder.format == "html":
         html = Path(app.outdir).resolve()
         _say(f"  HTML: {html / 'index.html'}")
-        _say(f"  to read it, open that file in a browser, or serve the folder and open "
-             f"http://localhost:8000 :")
+        _say("  to read it, open that file in a browser, or serve the folder and open "
+             "http://localhost:8000 :")
         _say(f"    python -m http.server 8000 --directory {html}")
 
 
