@@ -410,3 +410,23 @@ def test_downloaded_notebooks_run_in_a_fresh_folder(book_html, tmp_path):
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # two kernels at a time
         list(pool.map(run, jobs))
+
+
+def test_bench_browser_runs_on_the_built_book(book_html):
+    """The benchmark of the interactive page (benchmarks/bench_browser.py) on the same build,
+    one run and two clicks, so that the script cannot drift from the page."""
+    import re
+
+    _require_browser()
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_browser.py"),
+                             "--html", str(book_html), "--repeats", "1", "--clicks", "2",
+                             "--chromium", str(CHROMIUM), "--chromedriver", str(CHROMEDRIVER)],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout
+    first = re.search(r"first completion after opening the page: (\d+) ms", out)
+    clicks = re.search(r"'New samples' \(16 samples\), 2 clicks: median ([\d.]+) ms", out)
+    total = re.search(r"total transferred\s+([\d.]+) MB", out)
+    assert first and clicks and total, out
+    assert float(total.group(1)) > 1.0  # the runtime and one layout's models were fetched
