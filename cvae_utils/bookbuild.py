@@ -15,7 +15,7 @@ Listed in ``book/_config.yml`` under ``sphinx: extra_extensions``. It does five 
 * **An execution cache per budget**: Jupyter Book re-executes a chapter only when its code
   changed, and the code does not change with ``CVAE_BUDGET``. So the execution cache
   (``nb_execution_cache_path``) gets one folder per pair of budgets, the book's and that of the
-  chapter "Variants" (``_build/.jupyter_cache/budget-smoke-variants-smoke``). Switching budgets
+  chapter "Variants of the model" (``_build/.jupyter_cache/budget-smoke-variants-smoke``). Switching budgets
   changes a configuration value, so Sphinx reads every chapter again, and each one executes
   unless the folder of the new budgets already holds its outputs: switching back to a budget
   built before executes nothing.
