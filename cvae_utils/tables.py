@@ -439,12 +439,10 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
     base = base if base is not None else CVAEConfig()
     budget = variants_budget(budget)
     device = _device(device)
-    configs = {name: variant_config(name, base) for name in keys}
-    rows = ["baseline", *keys]
-    estimators = {"baseline": "exact",
-                  **{name: variant_estimator(configs[name], estimator) for name in keys}}
     key = variants_table_key(keys, ks, base, budget, num_samples=num_samples,
                              estimator=estimator, seed=seed, device=device)
+    rows, estimators = key["rows"], key["estimators"]  # decided once, by the key
+    configs = {name: variant_config(name, base) for name in keys}
     paths = table_paths(key, cache)
     labels = {"baseline": "NN baseline [exact]",
               **{name: variant_label(name, estimator, num_samples, base) for name in keys}}
