@@ -38,12 +38,12 @@ from .files import write_atomically
 from .networks import CVAE, NUM_PIXELS, BaselineNet, Decoder, Encoder, fill_missing
 
 __all__ = ["export_model", "export_cvae", "round_weights_float16", "torch_completions",
-           "onnx_completions", "load_onnx_cvae", "MANIFEST_NAME", "CVAE_FILES"]
+           "onnx_completions", "load_onnx_cvae", "MANIFEST_NAME", "CVAE_FILES", "MIN_CAST_SIZE"]
 
 MANIFEST_NAME = "manifest.json"
 CVAE_FILES = {"baseline": "baseline.onnx", "prior": "prior.onnx", "generation": "generation.onnx"}
 _OPSET = 18  # supported by onnxruntime (Python and web) of the pinned versions
-_MIN_CAST_SIZE = 1024  # weights with fewer entries (biases) stay float32: no gain, one more node
+MIN_CAST_SIZE = 1024  # weights with fewer entries (biases) stay float32: no gain, one more node
 
 
 # ---------------------------------------------------------------------- the exported programs
@@ -108,7 +108,7 @@ def _to_float16_weights(model):
     casts, kept = [], []
     for tensor in graph.initializer:
         array = numpy_helper.to_array(tensor)
-        if array.dtype != np.float32 or array.size < _MIN_CAST_SIZE:
+        if array.dtype != np.float32 or array.size < MIN_CAST_SIZE:
             kept.append(tensor)
             continue
         half_name = f"{tensor.name}__float16"
@@ -196,7 +196,7 @@ def round_weights_float16(module: nn.Module) -> nn.Module:
     module = copy.deepcopy(module).float()
     with torch.no_grad():
         for parameter in module.parameters():
-            if parameter.numel() >= _MIN_CAST_SIZE:
+            if parameter.numel() >= MIN_CAST_SIZE:
                 parameter.copy_(parameter.half().float())
     return module
 

@@ -22,9 +22,7 @@ def chapters() -> list[str]:
     """The numbered chapters of the table of contents, in order (the introduction is the root)."""
     toc = yaml.safe_load((BOOK / "_toc.yml").read_text(encoding="utf-8"))
     numbered = next(part for part in toc["parts"] if part.get("numbered"))
-    # the interactive chapter, added in the same session as the exercises, has none yet: its
-    # exercises are still to be written (issue 17 stays open for them)
-    return [entry["file"] for entry in numbered["chapters"] if entry["file"] != "interactive"]
+    return [entry["file"] for entry in numbered["chapters"]]
 
 
 def solutions(text: str) -> dict[str, str]:
