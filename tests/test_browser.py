@@ -213,6 +213,31 @@ def test_header_buttons_work(browser, server, book_html):
         assert themes == {"light", "dark"}, f"the theme switch gave {themes}"
 
 
+SOLUTIONS = """
+return Array.from(document.querySelectorAll('.solution.dropdown')).map(s => ({
+  id: s.id, hidden: s.classList.contains('toggle-hidden'),
+  height: s.querySelector(':scope > section').getBoundingClientRect().height}))"""
+
+
+def test_solutions_stay_closed_until_the_reader_opens_them(browser, server, book_html):
+    """Every chapter's solutions start closed (their body takes no space) and open on a click
+    of their toggle (sphinx-exercise's dropdown with sphinx-togglebutton)."""
+    chapters = [page for page in _pages(book_html)
+                if 'class="solution dropdown' in (book_html / page).read_text("utf-8")]
+    assert len(chapters) >= 10, chapters  # every numbered chapter has exercises
+    for page in chapters:
+        browser.get(server + page)
+        _wait(browser, "return document.readyState === 'complete' && "
+              "document.querySelector('.solution.dropdown button.toggle-button')",
+              what=f"{page}'s toggle buttons")
+        closed = browser.execute_script(SOLUTIONS)
+        assert closed and all(s["hidden"] and s["height"] == 0 for s in closed), (page, closed)
+        browser.execute_script("document.querySelectorAll('.solution.dropdown "
+                               "button.toggle-button').forEach(b => b.click())")
+        opened = browser.execute_script(SOLUTIONS)
+        assert all(not s["hidden"] and s["height"] > 0 for s in opened), (page, opened)
+
+
 # ----------------------------------------------------------------------- the interactive page
 def _open_interactive(driver, server):
     driver.get(server + "interactive.html")
