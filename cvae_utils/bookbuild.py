@@ -15,7 +15,8 @@ Listed in ``book/_config.yml`` under ``sphinx: extra_extensions``. It does five 
 * **An execution cache per budget**: Jupyter Book re-executes a chapter only when its code
   changed, and the code does not change with ``CVAE_BUDGET``. So the execution cache
   (``nb_execution_cache_path``) gets one folder per pair of budgets, the book's and that of the
-  chapter "Variants of the model" (``_build/.jupyter_cache/budget-smoke-variants-smoke``). Switching budgets
+  chapter "Variants of the model" (``_build/.jupyter_cache/budget-smoke-variants-smoke``, with
+  ``-fp32`` or ``-bf16`` appended when ``CVAE_PRECISION`` forces a precision). Switching budgets
   changes a configuration value, so Sphinx reads every chapter again, and each one executes
   unless the folder of the new budgets already holds its outputs: switching back to a budget
   built before executes nothing.
@@ -57,6 +58,7 @@ class BuildState:
     wall_start: float = field(default_factory=time.time)
     budget: str = ""
     variants_budget: str = ""
+    precision: str = ""  # forced by CVAE_PRECISION, else "" (the machine decides)
     probe: object = None               # a buildplan.ChapterStartProbe, running
     estimate: float | None = None
     relay: Relay | None = None
@@ -72,9 +74,12 @@ def _say(line: str = "") -> None:
     logger.info(PREFIX + line if line else "")
 
 
-def execution_cache_folder(base: str | os.PathLike, budget: str, variants_budget: str) -> Path:
-    """The execution cache of a pair of budgets: a folder of its own under ``base``."""
-    return Path(base) / f"budget-{budget}-variants-{variants_budget}"
+def execution_cache_folder(base: str | os.PathLike, budget: str, variants_budget: str,
+                           precision: str = "") -> Path:
+    """The execution cache of a pair of budgets (and of a training precision forced by
+    ``CVAE_PRECISION``, when one is): a folder of its own under ``base``."""
+    return Path(base) / (f"budget-{budget}-variants-{variants_budget}"
+                         + (f"-{precision}" if precision else ""))
 
 
 def write_kernel_spec(root: str | os.PathLike, python: str = sys.executable) -> Path:
@@ -107,19 +112,22 @@ def _restore_env(state: BuildState) -> None:
 def _config_inited(app: Sphinx, config) -> None:
     from .buildplan import ChapterStartProbe
     from .config import get_budget
+    from .speed import precision_override
     from .variants import variants_budget
 
     state = app.cvae_build = BuildState()
     try:
         state.budget = get_budget().name
         state.variants_budget = variants_budget().name
+        state.precision = precision_override() or ""
     except ValueError as error:
         raise ExtensionError(f"{error} (before any chapter ran)") from None
 
     build = Path(app.outdir).parent  # _build, beside the html folder
     base = config.nb_execution_cache_path or build / ".jupyter_cache"
     config.nb_execution_cache_path = str(execution_cache_folder(base, state.budget,
-                                                                state.variants_budget))
+                                                                state.variants_budget,
+                                                                state.precision))
     kernels = build / "cvae-kernels"
     write_kernel_spec(kernels)
     path = os.environ.get("JUPYTER_PATH")

@@ -6,7 +6,10 @@ measurements):
 
 - `resolve_precision` turns a config's ``precision`` ("auto", "fp32" or "bf16") into the one a
   run uses: "auto" means bfloat16 matrix products where the hardware multiplies them natively
-  (`fast_bfloat16`), float32 elsewhere. `autocast` is the context the training steps run in.
+  (`fast_bfloat16`), float32 elsewhere, unless the environment variable ``CVAE_PRECISION``
+  (`PRECISION_ENV`: fp32, bf16 or auto) decides for every "auto" of a process, e.g. to build the
+  whole book in float32 on a machine that would choose bfloat16. `autocast` is the context the
+  training steps run in.
 - `flush_denormals` makes CPU arithmetic treat denormal floats as zero, on the calling thread
   and on every thread of torch's pool; the training functions call it when they start.
 """
@@ -14,11 +17,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 
 import torch
 
-__all__ = ["fast_bfloat16", "resolve_precision", "explain_precision", "autocast",
-           "flush_denormals", "BF16_CPU_FLAGS"]
+__all__ = ["fast_bfloat16", "resolve_precision", "explain_precision", "precision_override",
+           "autocast", "flush_denormals", "BF16_CPU_FLAGS", "PRECISION_ENV"]
+
+PRECISION_ENV = "CVAE_PRECISION"  # fp32, bf16, or auto (the default): what "auto" stands for
 
 # capability flags of torch.cpu.get_capabilities() that mean native bfloat16 products: Intel's
 # AMX tiles, and the AVX-512 BF16 dot-product instructions (AMD Zen 4 and later, Intel Cooper
@@ -44,10 +50,26 @@ def fast_bfloat16(device: torch.device | str | None = None) -> bool:
     return any(bool(capabilities.get(flag, False)) for flag in BF16_CPU_FLAGS)
 
 
+def precision_override() -> str | None:
+    """The precision ``CVAE_PRECISION`` sets for every "auto" ("fp32" or "bf16"), or None when
+    it is unset or "auto"; any other value is a ValueError that names the choices."""
+    value = os.environ.get(PRECISION_ENV, "").strip()
+    if value in ("", "auto"):
+        return None
+    if value not in ("fp32", "bf16"):
+        raise ValueError(f"environment variable {PRECISION_ENV}={value!r}: choose fp32, bf16 or "
+                         f"auto, or unset it to let the machine decide")
+    return value
+
+
 def resolve_precision(precision: str, device: torch.device | str | None = None) -> str:
-    """The precision a run uses: "fp32" or "bf16"; "auto" becomes "bf16" where
-    `fast_bfloat16` says the device multiplies it natively, "fp32" elsewhere."""
+    """The precision a run uses: "fp32" or "bf16"; "auto" becomes what ``CVAE_PRECISION`` says
+    if it is set, else "bf16" where `fast_bfloat16` says the device multiplies it natively and
+    "fp32" elsewhere."""
     if precision == "auto":
+        override = precision_override()
+        if override is not None:
+            return override
         return "bf16" if fast_bfloat16(device) else "fp32"
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
@@ -59,6 +81,11 @@ def explain_precision(precision: str, device: torch.device | str | None = None) 
     chosen = resolve_precision(precision, device)
     if precision != "auto":
         return f"{chosen} (set in the config)"
+    override = precision_override()
+    if override is not None:
+        machine = "bf16" if fast_bfloat16(device) else "fp32"
+        return (f"{chosen} (auto, set by {PRECISION_ENV}={override}; this machine alone would "
+                f"choose {machine})")
     device = torch.device(device if device is not None
                           else "cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":

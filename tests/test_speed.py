@@ -80,3 +80,40 @@ def test_the_model_cache_keys_the_precision_the_machine_uses(machine, name):
 def test_an_unknown_precision_is_named():
     with pytest.raises(ValueError, match="'fp16'"):
         speed.resolve_precision("fp16", "cpu")
+
+
+def test_cvae_precision_forces_every_auto(machine, monkeypatch):
+    machine("intel-sapphire-rapids")
+    monkeypatch.setenv("CVAE_PRECISION", "fp32")
+    assert speed.resolve_precision("auto", "cpu") == "fp32"
+    assert speed.explain_precision("auto", "cpu") == (
+        "fp32 (auto, set by CVAE_PRECISION=fp32; this machine alone would choose bf16)")
+    assert speed.resolve_precision("bf16", "cpu") == "bf16"  # a config's own choice still wins
+    machine("amd-zen3")
+    monkeypatch.setenv("CVAE_PRECISION", "bf16")
+    assert speed.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setenv("CVAE_PRECISION", "auto")
+    assert speed.resolve_precision("auto", "cpu") == "fp32"
+
+
+def test_a_forced_precision_gets_its_own_models_and_pages(machine, monkeypatch, tmp_path):
+    from cvae_utils.bookbuild import execution_cache_folder
+    from cvae_utils.cache import model_key
+    from cvae_utils.config import get_budget
+
+    machine("intel-sapphire-rapids")
+    default = model_key("cvae", CVAEConfig(), get_budget("smoke"), 1)
+    monkeypatch.setenv("CVAE_PRECISION", "fp32")
+    forced = model_key("cvae", CVAEConfig(), get_budget("smoke"), 1)
+    assert default["config"]["precision"] == "bf16" and forced["config"]["precision"] == "fp32"
+    assert execution_cache_folder(tmp_path, "paper", "quick", speed.precision_override()) == (
+        tmp_path / "budget-paper-variants-quick-fp32")
+    assert execution_cache_folder(tmp_path, "paper", "quick") == (
+        tmp_path / "budget-paper-variants-quick")
+
+
+@pytest.mark.parametrize("value", ["fp16", "FP32", "float32", "1"])
+def test_a_bad_cvae_precision_is_named_with_the_choices(monkeypatch, value):
+    monkeypatch.setenv("CVAE_PRECISION", value)
+    with pytest.raises(ValueError, match=r"CVAE_PRECISION=.*choose fp32, bf16 or auto"):
+        speed.resolve_precision("auto", "cpu")
