@@ -50,6 +50,7 @@ Smoke test (``--tiny``): 256 training and 64 validation images, no warm-up, a to
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -88,6 +89,9 @@ def parse_args(argv=None):
                         help="the project's training precision (default auto: what the book "
                              "chooses on this machine); fp32 forces the path of a CPU without "
                              "native bfloat16")
+    parser.add_argument("--both-precisions", action="store_true",
+                        help="also time the project's pipelines in the other precision, "
+                             "interleaved with the rest, and print the ratio of the two paths")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up runs")
     common.add_common_options(parser)
     args = parser.parse_args(argv)
@@ -113,6 +117,9 @@ def main(argv=None):
                                   baseline={"precision": args.precision})
     precision = resolve_precision(project.precision, "cpu")
     path = explain_precision(project.precision, "cpu")
+    other_precision = {"bf16": "fp32", "fp32": "bf16"}[precision] if args.both_precisions else None
+    other = (project.replace(precision=other_precision,
+                             baseline={"precision": other_precision}) if other_precision else None)
     n, epochs, k = args.num_images, args.epochs, args.quadrants
     print(f"# bench_epoch | {common.describe_machine()}")
     print(f"# epochs per run {epochs}, {n} training images (extrapolated to {common.FULL_EPOCH}), "
@@ -149,13 +156,15 @@ def main(argv=None):
     # time their own epochs (History.seconds: the minibatch steps and the per-epoch validation),
     # the tutorial's epoch loops are timed around the loop; model construction, the CVAE's
     # precomputed guesses and the DataLoader's construction are once-per-run costs outside them
-    epoch_times = {name: [] for name in ("baseline / project", "baseline / tutorial",
-                                         "cvae / project", "cvae / tutorial")}
+    names = ["baseline / project", "baseline / tutorial", "cvae / project", "cvae / tutorial"]
+    if other is not None:  # the other precision's rows, for the ratio of the two paths
+        names += [f"baseline / project {other_precision}", f"cvae / project {other_precision}"]
+    epoch_times = {name: [] for name in names}
 
-    def project_baseline():
-        _, history = train_baseline(train_q, val_small, project.baseline, max_epochs=epochs,
+    def project_baseline(cfg=project, name="baseline / project"):
+        _, history = train_baseline(train_q, val_small, cfg.baseline, max_epochs=epochs,
                                     device="cpu", progress=False)
-        epoch_times["baseline / project"] += history.seconds
+        epoch_times[name] += history.seconds
 
     def tutorial_baseline():
         torch.manual_seed(config.seed)
@@ -167,13 +176,13 @@ def main(argv=None):
             common.tutorial_baseline_epoch(model, optimizer, loader)
             epoch_times["baseline / tutorial"].append(time.perf_counter() - start)
 
-    def project_cvae():
-        torch.manual_seed(project.seed)
+    def project_cvae(cfg=project, name="cvae / project"):
+        torch.manual_seed(cfg.seed)
         # an untrained baseline: the timing does not depend on its weights
-        baseline = BaselineNet(project.baseline).eval()
-        _, history = train_cvae(train_q, val_small, baseline, project, max_epochs=epochs,
+        baseline = BaselineNet(cfg.baseline).eval()
+        _, history = train_cvae(train_q, val_small, baseline, cfg, max_epochs=epochs,
                                 device="cpu", progress=False)
-        epoch_times["cvae / project"] += history.seconds
+        epoch_times[name] += history.seconds
 
     def tutorial_cvae():
         _, svi = common.make_tutorial_cvae(config)
@@ -185,6 +194,11 @@ def main(argv=None):
 
     variants = {"baseline / project": project_baseline, "baseline / tutorial": tutorial_baseline,
                 "cvae / project": project_cvae, "cvae / tutorial": tutorial_cvae}
+    if other is not None:
+        variants[f"baseline / project {other_precision}"] = functools.partial(
+            project_baseline, other, f"baseline / project {other_precision}")
+        variants[f"cvae / project {other_precision}"] = functools.partial(
+            project_cvae, other, f"cvae / project {other_precision}")
     times = common.round_robin(variants, args.repeats, warmup=not args.no_warmup)
     if not args.no_warmup:  # the warm-up runs' epochs are not timed
         for name in epoch_times:
@@ -206,9 +220,14 @@ def main(argv=None):
         "cvae / project": n * pflops["cvae_train"] + PROJECT_VAL_IMAGES * pflops["cvae_eval"],
         "cvae / tutorial": n * flops["cvae_train_with_baseline"],
     }
+    if other is not None:  # the same arithmetic in the other precision
+        for model in ("baseline", "cvae"):
+            epoch_flops[f"{model} / project {other_precision}"] = epoch_flops[f"{model} / project"]
     run_flops = {name: epochs * f for name, f in epoch_flops.items()}  # whole timed runs
-    run_flops["cvae / project"] += ((n + PROJECT_VAL_IMAGES)
-                                    * pflops["cvae_guess_precompute"])  # once per run
+    for name in run_flops:
+        if name.startswith("cvae / project"):
+            run_flops[name] += ((n + PROJECT_VAL_IMAGES)
+                                * pflops["cvae_guess_precompute"])  # once per run
 
     # ---- validation passes --------------------------------------------------------------------
     val_times = {}
@@ -251,7 +270,7 @@ def main(argv=None):
     print("  epoch: the time of one epoch inside a run (steps and per-epoch validation), as a "
           "long training run spends it;\n  run: the whole timed run divided by its epochs, "
           "with the once-per-run setup (models, the CVAE's precomputed guesses, the loader)")
-    header = (f"{'pipeline':<22}{'epoch s':>9}{'median':>8}{'GFLOP/s':>9}{'% peak':>8}"
+    header = (f"{'pipeline':<27}{'epoch s':>9}{'median':>8}{'GFLOP/s':>9}{'% peak':>8}"
               f"{'run s/epoch':>12}{'median':>8}{'CPU s/epoch':>12}{'CPU GFLOP/s':>12}"
               f"{'% CPU peak':>11}")
     print(header)
@@ -263,7 +282,7 @@ def main(argv=None):
         best_run[name] = common.best(ts) * scale / epochs
         best_cpu[name] = min(ts.cpu) * scale / epochs
         crate = common.cpu_rate(run_flops[name], min(ts.cpu))
-        print(f"{name:<22}{best_epoch[name]:>9.2f}{common.median(epoch_times[name]) * scale:>8.2f}"
+        print(f"{name:<27}{best_epoch[name]:>9.2f}{common.median(epoch_times[name]) * scale:>8.2f}"
               f"{rate:>9.1f}{100 * rate / peak:>7.1f}%{best_run[name]:>12.2f}"
               f"{common.median(ts) * scale / epochs:>8.2f}{best_cpu[name]:>12.2f}{crate:>12.1f}"
               f"{100 * crate / cpu_peak:>10.1f}%")
@@ -277,6 +296,16 @@ def main(argv=None):
               f"{best_cpu[tut] / best_cpu[pro]:5.2f}x CPU time of the runs  (best vs best; "
               f"target {RATIO_TARGETS[model]:.0f}x per epoch: "
               f"{'met' if best_epoch[tut] / best_epoch[pro] >= RATIO_TARGETS[model] else 'not met'})")
+    if other is not None:
+        for model in ("baseline", "cvae"):
+            fp32, bf16 = ((f"{model} / project", f"{model} / project {other_precision}")
+                          if precision == "fp32" else
+                          (f"{model} / project {other_precision}", f"{model} / project"))
+            print(f"ratio fp32 / bf16 paths, {model:<8}: {best_epoch[fp32] / best_epoch[bf16]:5.2f}x "
+                  f"per epoch (best vs best), "
+                  f"{common.median(epoch_times[fp32]) / common.median(epoch_times[bf16]):5.2f}x "
+                  f"median vs median; the tutorial / project ratio of the fp32 path: "
+                  f"{best_epoch[f'{model} / tutorial'] / best_epoch[fp32]:5.2f}x")
     print(f"FLOPs per image per training step: baseline {flops['baseline_train'] / 1e6:.3f} M, "
           f"cvae {flops['cvae_train'] / 1e6:.3f} M tutorial / {pflops['cvae_train'] / 1e6:.3f} M "
           f"project (+{flops['cvae_guess_precompute'] / 1e6:.3f} M baseline forward: once per run "

@@ -50,6 +50,22 @@ def test_bench_epoch(tmp_path, mnist_root):
     assert re.search(r"ratio tutorial / project, cvae +: +\d+\.\d+x per epoch", out)
     assert re.search(r"the issue's arithmetic limit, cvae +: .* % of the limit", out)
     assert "VALIDATION: seconds per pass over 64 images" in out
+    assert re.search(r"^precision path of the project: (bf16|fp32) \(auto: ", out, re.M)
+    assert re.search(r"^fp32 matmul peak .*: \d+\.\d GFLOP/s", out, re.M)
+    assert re.search(r"^bf16 matmul peak .*: \d+\.\d GFLOP/s wall-clock, \d+\.\d+x", out, re.M)
+
+
+def test_bench_epoch_times_both_precision_paths(tmp_path, mnist_root):
+    out = run("bench_epoch.py", "--precision", "fp32", "--both-precisions", "--val-images", "0",
+              tmp_path=tmp_path, mnist_root=mnist_root)
+    assert "precision path of the project: fp32 (set in the config); forced by --precision" in out
+    for name in ("cvae / project", "cvae / project bf16", "baseline / project bf16"):
+        (row,) = [line for line in out.splitlines()
+                  if re.match(rf"{re.escape(name)} +\d", line)]
+        values = numbers(row.removeprefix(name))
+        assert len(values) == 9 and all(v > 0 for v in values), row
+    for model in ("baseline", "cvae"):
+        assert re.search(rf"ratio fp32 / bf16 paths, {model} *: +\d+\.\d+x per epoch", out)
 
 
 def test_bench_is(tmp_path, mnist_root):
