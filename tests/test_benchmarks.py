@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if p.name != "common.py")
@@ -37,7 +39,7 @@ def numbers(line: str) -> list[float]:
 def test_every_script_has_a_smoke_test():
     # bench_browser.py needs a built book and Chromium: its smoke test is in test_browser.py
     assert SCRIPTS == ["bench_book.py", "bench_browser.py", "bench_epoch.py", "bench_is.py",
-                       "profile_step.py"]
+                       "profile_step.py", "stopping_rules.py"]
 
 
 def test_bench_epoch(tmp_path, mnist_root):
@@ -89,3 +91,30 @@ def test_bench_book_trains_into_a_fresh_cache(tmp_path, mnist_root):
     assert "exit status 0" in out
     assert re.search(r"wall time \d+ s", out) and re.search(r"peak resident memory .* MiB", out)
     assert not (tmp_path / "cache").exists()  # a fresh temporary cache, not CVAE_CACHE_DIR
+
+
+def test_stopping_rules(tmp_path, mnist_root):
+    out = run("stopping_rules.py", "--patience", "6", "3", "--min-delta", "0.05",
+              tmp_path=tmp_path, mnist_root=mnist_root)
+    rows = {tuple(numbers(line)[:2]): line for line in out.splitlines()
+            if re.match(r" +\d+ +0\.05 ", line)}
+    epochs = {rule: int(numbers(line)[2]) for rule, line in rows.items()}
+    assert set(epochs) == {(6, 0.05), (3, 0.05)}
+    # the made-up run flattens out: the shorter patience stops it sooner
+    assert epochs[(3, 0.05)] < epochs[(6, 0.05)] <= 30, out
+
+
+def test_stopping_rules_replays_the_training_loop():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from stopping_rules import BeyondRecord, replay
+
+    losses = [10, 9, 8.99, 8.98, 8.97, 8.96, 7, 6.5]
+    # improvements of 0.01 do not count with min_delta 0.05: patience 3 stops after epoch 5
+    assert replay(losses, patience=3, min_delta=0.05, warmup=0, max_epochs=8) == (5, 5)
+    # without a threshold every small improvement resets the patience
+    assert replay(losses, patience=3, min_delta=0.0, warmup=0, max_epochs=8) == (8, 8)
+    # no epoch counts during the warm-up
+    assert replay(losses, patience=1, min_delta=0.05, warmup=6, max_epochs=8) == (8, 8)
+    # a rule that would train past the recorded epochs says so
+    with pytest.raises(BeyondRecord):
+        replay([10, 9, 9.5], patience=5, min_delta=0.0, warmup=0, max_epochs=100)
