@@ -128,8 +128,8 @@ def main(argv=None):
           f"config): baseline batch {project.baseline.batch_size}, CVAE batch "
           f"{project.batch_size}, decoder reads x: {project.decoder_sees_x}")
     print(f"precision path of the project: {path}"
-          + ("; forced by --precision" if args.precision != "auto" else "")
-          + f" (the book would choose {explain_precision('auto', 'cpu')})")
+          + (f"; forced by --precision (the book would choose "
+             f"{explain_precision('auto', 'cpu')})" if args.precision != "auto" else ""))
 
     peak_before, cpu_peak_before = common.measure_peaks(args.tiny)
     print(f"fp32 matmul peak (2048^3 torch.mm, best of 5 rounds of 5): {peak_before:.1f} GFLOP/s "
