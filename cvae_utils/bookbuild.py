@@ -21,7 +21,9 @@ Listed in ``book/_config.yml`` under ``sphinx: extra_extensions``. It does five 
   unless the folder of the new budgets already holds its outputs: switching back to a budget
   built before executes nothing.
 * **A summary at the end**: the time of each chapter and whether it executed, the estimate
-  against the real time, where the HTML is and how to read it locally.
+  against the real time, where the HTML is and how to read it locally. A chapter whose code
+  failed (an exercise's hidden check included) makes the build exit with status 1, after every
+  chapter has run and the pages, with the failure's report, are written.
 
 An unknown ``CVAE_BUDGET`` or ``CVAE_VARIANTS_BUDGET`` stops the build before anything runs.
 """
@@ -257,6 +259,12 @@ def _build_finished(app: Sphinx, exception) -> None:
     estimate = ("" if state.estimate is None
                 else f" (estimated before it: {format_duration(state.estimate)})")
     _say(f"  this build took {format_duration(total)}{estimate}")
+    failed = [docname for docname in state.read_order if _how(app, docname).startswith("FAILED")]
+    if failed and exception is None:
+        # a chapter whose code failed (a solution's own check included) is not a finished book:
+        # the pages are written, so its report can be read, but the build exits with status 1
+        app.statuscode = 1
+        _say(f"  FAILED: {', '.join(failed)}: a cell raised; the build exits with status 1")
     if exception is None and app.builder is not None and app.builder.format == "html":
         html = Path(app.outdir).resolve()
         _say(f"  HTML: {html / 'index.html'}")

@@ -190,3 +190,25 @@ def test_an_unknown_budget_stops_the_build_before_any_chapter(tmp_path, mnist_ro
     assert code != 0
     assert "unknown budget 'huge'" in terminal and "CVAE_BUDGET=smoke" in terminal
     assert "Executing notebook" not in terminal
+
+
+WRONG_SOLUTION_CHAPTER = BUDGETS_CHAPTER.replace("# Budgets of this build", "# A wrong solution") + '''
+```{code-cell} ipython3
+:tags: [remove-cell]
+
+assert 0.5 - 0.5 == 1.0, "the solution's claim does not hold"
+```
+'''
+
+
+def test_a_failing_cell_fails_the_build_after_every_chapter_ran(tmp_path, mnist_root):
+    """A solution whose hidden check fails is a failed build (exit status 1), yet the other
+    chapters still run and the pages are written, so the failure's report can be read."""
+    book = book_copy(tmp_path, [], extra={"wrong": WRONG_SOLUTION_CHAPTER,
+                                          "budgets": BUDGETS_CHAPTER})
+    code, terminal = build(book, tmp_path / "out", tmp_path / "models", mnist_root)
+    assert code == 1, terminal[-3000:]
+    assert "the solution's claim does not hold" in terminal
+    assert "FAILED: wrong: a cell raised; the build exits with status 1" in terminal
+    assert re.search(r"budgets +\S+ +executed", terminal)   # the next chapter still ran
+    assert (tmp_path / "out" / "_build" / "html" / "budgets.html").is_file()
