@@ -112,14 +112,15 @@ def main(argv=None):
     # the project's: the book's configuration (or the tutorial's, for a like-for-like row)
     project = (book_config() if args.config == "book" else config).replace(
         patience=patience, baseline={"patience": patience})
+    def in_precision(cfg, precision):  # the CVAE's and its baseline's products alike
+        return cfg.replace(precision=precision, baseline={"precision": precision})
+
     if args.precision != "auto":
-        project = project.replace(precision=args.precision,
-                                  baseline={"precision": args.precision})
+        project = in_precision(project, args.precision)
     precision = resolve_precision(project.precision, "cpu")
     path = explain_precision(project.precision, "cpu")
     other_precision = {"bf16": "fp32", "fp32": "bf16"}[precision] if args.both_precisions else None
-    other = (project.replace(precision=other_precision,
-                             baseline={"precision": other_precision}) if other_precision else None)
+    other = in_precision(project, other_precision) if other_precision else None
     n, epochs, k = args.num_images, args.epochs, args.quadrants
     print(f"# bench_epoch | {common.describe_machine()}")
     print(f"# epochs per run {epochs}, {n} training images (extrapolated to {common.FULL_EPOCH}), "

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
                 continue
             total += epochs
             cells.append(f"{epochs:>4} ep, kept {kept:>3} +{losses[kept - 1] - min(losses):.3f}")
-        share = f"{total:>5.0f} ({100 * total / recorded:3.0f} %)" if total == total else "-"
+        share = "-" if math.isnan(total) else f"{total:>5.0f} ({100 * total / recorded:3.0f} %)"
         print(f"{patience:>8} {min_delta:>9}  " + "  ".join(cells) + f"  {share:>14}")
     return 0
 

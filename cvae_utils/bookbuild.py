@@ -250,16 +250,17 @@ def _build_finished(app: Sphinx, exception) -> None:
         state.progress_path.unlink(missing_ok=True)
     total = time.perf_counter() - state.start
     _say(f"summary: budget {state.budget}, variants {state.variants_budget}")
+    how = {docname: _how(app, docname) for docname in state.read_order}
     for docname in state.read_order:
         _say(f"  {docname:<14} {format_duration(state.seconds.get(docname, float('nan'))):>8}"
-             f"  {_how(app, docname)}")
+             f"  {how[docname]}")
     unchanged = sorted(set(app.env.found_docs) - set(state.read_order))
     if unchanged:
         _say(f"  not read again (unchanged since the last build): {', '.join(unchanged)}")
     estimate = ("" if state.estimate is None
                 else f" (estimated before it: {format_duration(state.estimate)})")
     _say(f"  this build took {format_duration(total)}{estimate}")
-    failed = [docname for docname in state.read_order if _how(app, docname).startswith("FAILED")]
+    failed = [docname for docname in state.read_order if how[docname].startswith("FAILED")]
     if failed and exception is None:
         # a chapter whose code failed (a solution's own check included) is not a finished book:
         # the pages are written, so its report can be read, but the build exits with status 1
