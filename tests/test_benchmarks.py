@@ -39,7 +39,7 @@ def numbers(line: str) -> list[float]:
 def test_every_script_has_a_smoke_test():
     # bench_browser.py needs a built book and Chromium: its smoke test is in test_browser.py
     assert SCRIPTS == ["bench_book.py", "bench_browser.py", "bench_epoch.py", "bench_is.py",
-                       "profile_step.py", "stopping_rules.py"]
+                       "lr_schedule.py", "profile_step.py", "step_floor.py", "stopping_rules.py"]
 
 
 def test_bench_epoch(tmp_path, mnist_root):
@@ -118,3 +118,36 @@ def test_stopping_rules_replays_the_training_loop():
     # a rule that would train past the recorded epochs says so
     with pytest.raises(BeyondRecord):
         replay([10, 9, 9.5], patience=5, min_delta=0.0, warmup=0, max_epochs=100)
+
+
+def test_step_floor(tmp_path, mnist_root):
+    out = run("step_floor.py", tmp_path=tmp_path, mnist_root=mnist_root)
+    # the step without Pyro computes the book's loss: same weights and noise, same value
+    (check,) = [line for line in out.splitlines() if line.startswith("loss on one batch")]
+    pyro_value, plain_value = numbers(check)[:2]
+    assert abs(pyro_value - plain_value) <= 1e-5 * abs(pyro_value), check
+    for name in ("book", "no Pyro", "networks only", "Adam only"):
+        rows = [line for line in out.splitlines() if line.startswith(f"  {name} ")]
+        assert len(rows) == 2, (name, out)  # ms per step, and seconds of the paper's training
+        step, paper = numbers(rows[0]), numbers(rows[1])
+        assert len(step) == 3 and all(v > 0 and math.isfinite(v) for v in step), rows[0]
+        assert len(paper) == 1 and paper[0] > 0, rows[1]
+    assert re.search(r"\(196 steps x 215 epochs\)", out)
+    assert re.search(r"^matmul peak now .*: fp32 \d+\.\d, bf16 \d+\.\d GFLOP/s$", out, re.M)
+
+
+def test_lr_schedule(tmp_path, mnist_root):
+    out = run("lr_schedule.py", tmp_path=tmp_path, mnist_root=mnist_root)
+    assert re.search(r"^trained 2 epochs in \d+ s .*; the last epoch's lr 7\.50e-04$", out, re.M)
+    assert re.search(r"^CVAE IS \(S=2\): \d+\.\d+ ± \d+\.\d+ nats per image", out, re.M)
+    assert re.search(r"^CVAE -ELBO \(S=2\): \d+\.\d+ ± ", out, re.M)
+
+
+def test_lr_schedule_anneals_along_a_half_cosine():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from lr_schedule import cosine_lr
+
+    rates = [cosine_lr(2e-3, epoch, 50) for epoch in range(1, 51)]
+    assert rates[0] == 2e-3 and math.isclose(rates[25], 1e-3)  # epoch 26: half way
+    assert all(a > b > 0 for a, b in zip(rates, rates[1:]))
+    assert rates[-1] < 1e-5  # nearly 0 in the last epoch
