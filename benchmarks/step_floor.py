@@ -40,7 +40,7 @@ from pyro.infer import SVI, TraceMeanField_ELBO
 import common
 from cvae_utils.config import book_config
 from cvae_utils.data import iterate_minibatches
-from cvae_utils.networks import CVAE, BaselineNet, masked_bce
+from cvae_utils.networks import CVAE, BaselineNet, fill_missing, masked_bce
 from cvae_utils.optim import JointAdam, WeightAverage
 from cvae_utils.speed import autocast, flush_denormals, resolve_precision
 from cvae_utils.train import KLWeight, _baseline_guesses, _objective
@@ -146,8 +146,8 @@ def main(argv=None):
     def networks_step(idx):
         with precision:
             xb, yb = x[idx], y[idx]
-            q_loc, q_scale = net_model.recognition_net(torch.where(xb == -1, yb, xb))
-            p_loc, p_scale = net_model.prior_net(torch.where(xb == -1, y_hat[idx], xb))
+            q_loc, q_scale = net_model.recognition_net(fill_missing(xb, yb))
+            p_loc, p_scale = net_model.prior_net(fill_missing(xb, y_hat[idx]))
             logits = net_model.generation_net(q_loc, xb)
             total = q_loc.sum() + q_scale.sum() + p_loc.sum() + p_scale.sum() + logits.sum()
         total.backward()

@@ -238,6 +238,35 @@ def test_solutions_stay_closed_until_the_reader_opens_them(browser, server, book
         assert all(not s["hidden"] and s["height"] > 0 for s in opened), (page, opened)
 
 
+CODE_WIDER_THAN_ITS_CELL = """
+document.querySelectorAll('details').forEach(d => { d.open = true; });
+document.querySelectorAll('.solution.dropdown.toggle-hidden button.toggle-button')
+  .forEach(b => b.click());
+return Array.from(document.querySelectorAll('div.cell_input pre')).filter(pre =>
+    pre.scrollWidth > pre.clientWidth + 1
+  ).map(pre => pre.textContent.split('\\n').reduce((a, b) => b.length > a.length ? b : a));"""
+
+
+def test_code_cells_fit_their_width_on_a_desktop_screen(browser, server, book_html):
+    """No code cell of a chapter scrolls sideways at 1280 px, the width of the shared browser:
+    with every folded cell and every solution opened, each code cell's text fits its box. In
+    the theme's code font that is 75 characters for a plain cell, 73 for a folded one and 68
+    inside a solution."""
+    chapters = [page for page in _pages(book_html)
+                if 'class="cell_input' in (book_html / page).read_text("utf-8")]
+    assert len(chapters) >= 10, chapters
+    assert browser.execute_script("return window.innerWidth") == 1280
+    wide = {}
+    for page in chapters:
+        browser.get(server + page)
+        _wait(browser, "return document.readyState === 'complete'", what=page)
+        lines = browser.execute_script(CODE_WIDER_THAN_ITS_CELL)
+        if lines:
+            wide[page] = lines
+    assert not wide, ("code cells wider than their box (the longest line of each): "
+                      + "; ".join(f"{page}: {lines}" for page, lines in wide.items()))
+
+
 # ----------------------------------------------------------------------- the interactive page
 def _open_interactive(driver, server):
     driver.get(server + "interactive.html")
