@@ -482,3 +482,32 @@ def load_project_data(num_train: int, num_val: int, num_quadrants: int = 1):
 
 
 
+
+
+def book_cvae_step(cvae, config: CVAEConfig, x: torch.Tensor, y: torch.Tensor,
+                   device: torch.device):
+    """The CVAE's minibatch step as `cvae_utils.train.train_cvae` runs it after its first epoch:
+    Pyro's SVI with the config's objective under the KL weight, `JointAdam`, the weight average,
+    the config's precision, the baseline's guesses precomputed, no Pyro checks. Returns
+    ``(step, y_hat)``: ``step(idx)`` trains ``cvae`` on the rows ``idx`` of ``x`` and ``y``;
+    ``y_hat`` holds the guesses for ``x`` (None when the prior does not read them)."""
+    from cvae_utils.optim import JointAdam, WeightAverage
+    from cvae_utils.speed import autocast
+    from cvae_utils.train import KLWeight, _baseline_guesses, _objective
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    kl_weight = KLWeight()
+    guide, loss = _objective(cvae, config, kl_weight)
+    svi = SVI(kl_weight(cvae.model), guide, JointAdam(config.lr, gamma=config.lr_decay), loss)
+    average = WeightAverage([p for p in cvae.parameters() if p.requires_grad],
+                            config.weight_average, config.average_every)
+    precision = autocast(config.precision, device)
+    y_hat = _baseline_guesses(cvae, x)
+
+    def step(idx):
+        with precision, pyro.validation_enabled(False):
+            svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])
+        average.update()
+
+    return step, y_hat

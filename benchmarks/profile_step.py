@@ -19,18 +19,14 @@ from __future__ import annotations
 import argparse
 import time
 
-import pyro
 import torch
-from pyro.infer import SVI
 from torch.profiler import ProfilerActivity, profile
 
 import common
 from cvae_utils.config import book_config, tutorial_config
 from cvae_utils.data import iterate_minibatches
 from cvae_utils.networks import CVAE, BaselineNet, masked_bce
-from cvae_utils.optim import JointAdam, WeightAverage
 from cvae_utils.speed import autocast, resolve_precision
-from cvae_utils.train import KLWeight, _baseline_guesses, _objective
 
 MATMUL_OPS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"}
 
@@ -139,20 +135,7 @@ def main(argv=None):
     # (b) the CVAE step, as in train_cvae after its first epoch
     torch.manual_seed(config.seed)
     cvae = CVAE(BaselineNet(base_config).eval(), config)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    kl_weight = KLWeight()
-    guide, loss = _objective(cvae, config, kl_weight)
-    svi = SVI(kl_weight(cvae.model), guide, JointAdam(config.lr, gamma=config.lr_decay), loss)
-    average = WeightAverage([p for p in cvae.parameters() if p.requires_grad],
-                            config.weight_average, config.average_every)
-    precision = autocast(config.precision, device)
-    y_hat = _baseline_guesses(cvae, x)
-
-    def cvae_step(idx):
-        with precision, pyro.validation_enabled(False):
-            svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])
-        average.update()
+    cvae_step, _ = common.book_cvae_step(cvae, config, x, y, device)
 
     batch = config.batch_size
     batches = list(iterate_minibatches(n, batch, torch.Generator().manual_seed(0)))

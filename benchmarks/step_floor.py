@@ -35,15 +35,14 @@ import math
 
 import pyro
 import torch
-from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.infer import TraceMeanField_ELBO
 
 import common
 from cvae_utils.config import book_config
 from cvae_utils.data import iterate_minibatches
 from cvae_utils.networks import CVAE, BaselineNet, fill_missing, masked_bce
-from cvae_utils.optim import JointAdam, WeightAverage
+from cvae_utils.optim import WeightAverage
 from cvae_utils.speed import autocast, flush_denormals, resolve_precision
-from cvae_utils.train import KLWeight, _baseline_guesses, _objective
 
 PAPER_CVAE_EPOCHS = 215  # 100 + 71 + 44: the k = 1, 2, 3 CVAEs of the paper builds of 2026-12-01
 
@@ -102,19 +101,8 @@ def main(argv=None):
     precision = autocast(config.precision, device)
 
     # the book's step (train_cvae after its first epoch)
-    cvae, params = make_cvae(config)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    kl_weight = KLWeight()
-    guide, loss = _objective(cvae, config, kl_weight)
-    svi = SVI(kl_weight(cvae.model), guide, JointAdam(config.lr, gamma=config.lr_decay), loss)
-    average = WeightAverage(params, config.weight_average, config.average_every)
-    y_hat = _baseline_guesses(cvae, x)
-
-    def book_step(idx):
-        with precision, pyro.validation_enabled(False):
-            svi.step(x[idx], y[idx], y_hat[idx])
-        average.update()
+    cvae, _ = make_cvae(config)
+    book_step, y_hat = common.book_cvae_step(cvae, config, x, y, device)
 
     # the same computation without Pyro: check the loss first, same weights, same noise
     idx = batches[0]
@@ -154,7 +142,7 @@ def main(argv=None):
         for p in net_params:
             p.grad = None
 
-    adam_model, adam_params = make_cvae(config)
+    _, adam_params = make_cvae(config)
     for p in adam_params:
         p.grad = torch.randn_like(p) * 1e-3
     adam = torch.optim.Adam(adam_params, lr=config.lr, fused=True)
