@@ -39,6 +39,7 @@ from .files import check_writable, write_atomically
 from .networks import CVAE, BaselineNet
 from .speed import resolve_precision
 from .train import History, Snapshots, default_device, train_baseline, train_cvae
+from .variant_models import build_cvae
 
 __all__ = ["cache_dir", "model_key", "key_digest", "code_digest", "MODEL_CODE", "resolved",
            "save_checkpoint", "load_checkpoint", "CheckpointError", "checkpoint_path",
@@ -253,7 +254,7 @@ def trained_baseline(num_quadrants: int, config: CVAEConfig | BaselineConfig | N
     def train():
         return train_baseline(make_quadrant_data(data.train, num_quadrants),
                               make_quadrant_data(data.val, num_quadrants), config,
-                              max_epochs=budget.max_epochs, device=device, progress=progress)
+                              max_epochs=budget.max_epochs, device=device)
 
     model, history = cached_model(key, cache, BaselineNet(config), train, use_cache, progress)
     return model.to(device).eval(), history
@@ -281,9 +282,8 @@ def trained_cvae(num_quadrants: int, config: CVAEConfig | None = None,
         snapshots = Snapshots(inputs, config.snapshot_samples, config.z_dim, seed=config.seed)
         return train_cvae(make_quadrant_data(data.train, num_quadrants),
                           make_quadrant_data(data.val, num_quadrants), baseline, config,
-                          max_epochs=budget.max_epochs, device=device, progress=progress,
-                          callbacks=[snapshots])
+                          max_epochs=budget.max_epochs, device=device, snapshots=snapshots)
 
-    model, history = cached_model(key, cache, CVAE(BaselineNet(config.baseline), config), train,
+    model, history = cached_model(key, cache, build_cvae(BaselineNet(config.baseline), config), train,
                                   use_cache, progress)
     return model.to(device).eval(), history

@@ -15,7 +15,9 @@ load, file name from a hash of everything that determines the run). `classifier_
 """
 from __future__ import annotations
 
+import copy
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -24,10 +26,10 @@ from torch import nn
 
 from .cache import cached_model, checkpoint_path, model_key
 from .config import Budget, ClassifierConfig, get_budget
-from .data import IMAGE_SIZE, MNISTData, Split, load_mnist
+from .data import IMAGE_SIZE, MNISTData, Split, iterate_minibatches, load_mnist
 from .networks import NUM_PIXELS, device_of
 from .speed import flush_denormals
-from .train import EVAL_CHUNK, History, _device, fit
+from .train import EVAL_CHUNK, History, _device
 
 __all__ = ["ClassifierConfig", "DigitClassifier", "train_classifier", "trained_classifier",
            "classifier_key", "classifier_path", "classifier_accuracy", "digit_probabilities",
@@ -82,9 +84,8 @@ def _split_loss(model: DigitClassifier, split: Split) -> float:
 
 
 def train_classifier(data: MNISTData, config: ClassifierConfig | None = None,
-                     budget: Budget | str | None = None, *, device=None,
-                     progress: bool | None = None,
-                     callbacks=()) -> tuple[DigitClassifier, History]:
+                     budget: Budget | str | None = None, *,
+                     device=None) -> tuple[DigitClassifier, History]:
     """Train the digit classifier on ``data.train`` with early stopping on ``data.val``.
 
     The budget (default: ``CVAE_BUDGET``, else ``paper``) limits the images used and the epochs,
@@ -108,26 +109,32 @@ def train_classifier(data: MNISTData, config: ClassifierConfig | None = None,
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel
         shifts = torch.Generator().manual_seed(config.seed + 1)
 
-        def step(idx: torch.Tensor) -> float:
-            batch = random_shift(images[idx], config.max_shift, shifts)  # (B, 28, 28)
-            loss = F.cross_entropy(model(batch), train.labels[idx], reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
-            (loss / len(idx)).backward()
-            optimizer.step()
-            return loss.item()
-
-        def validate() -> float:
-            model.eval()
-            value = _split_loss(model, val)
+        max_epochs = min(budget.max_epochs, config.max_epochs)
+        shuffle = torch.Generator().manual_seed(config.seed)
+        history, best_state, waited = History(), None, 0
+        for epoch in range(1, max_epochs + 1):
             model.train()
-            return value
-
-        model.train()
-        history = fit(model, step=step, validate=validate, num_train=len(train),
-                      batch_size=config.batch_size,
-                      max_epochs=min(budget.max_epochs, config.max_epochs),
-                      patience=config.patience, seed=config.seed, callbacks=callbacks,
-                      desc="digit classifier", progress=progress)
+            start, total = time.perf_counter(), 0.0
+            for idx in iterate_minibatches(len(train), config.batch_size, shuffle):
+                batch = random_shift(images[idx], config.max_shift, shifts)  # (B, 28, 28)
+                loss = F.cross_entropy(model(batch), train.labels[idx], reduction="sum")
+                optimizer.zero_grad(set_to_none=True)
+                (loss / len(idx)).backward()
+                optimizer.step()
+                total += loss.item()
+            model.eval()
+            val_loss = _split_loss(model, val)
+            if history.add(total / len(train), val_loss, time.perf_counter() - start):
+                best_state, waited = copy.deepcopy(model.state_dict()), 0
+            else:
+                waited += 1
+            history.report("digit classifier", max_epochs)
+            if waited >= config.patience:
+                break
+        if best_state is None:
+            raise FloatingPointError(f"digit classifier: the validation loss was never finite "
+                                     f"({history.val_loss}); check the data for NaN")
+        model.load_state_dict(best_state)
     return model.eval(), history
 
 
@@ -154,8 +161,7 @@ def trained_classifier(budget: Budget | str | None = None, data: MNISTData | Non
     data = (data if data is not None else load_mnist()).subset(budget)
     key = classifier_key(config, budget)
     model, history = cached_model(key, cache, DigitClassifier(config),
-                             lambda: train_classifier(data, config, budget, device=device,
-                                                      progress=progress),
+                             lambda: train_classifier(data, config, budget, device=device),
                              use_cache, progress)
     return model.to(device).eval(), history
 

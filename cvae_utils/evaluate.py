@@ -34,6 +34,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from .data import QuadrantData, check_layout, check_quadrant_data
 from .networks import CVAE, NUM_PIXELS, BaselineNet, device_of, masked_bce
+from .speed import decoder_hidden
 from .train import baseline_loss
 
 __all__ = [
@@ -320,11 +321,11 @@ def cvae_conditional(cvae: CVAE) -> Callable[[torch.Tensor, torch.Tensor], Condi
             target = y[:, pixels]
 
             def log_lik(z: torch.Tensor) -> torch.Tensor:               # (S, n, z_dim)
-                logits = F.linear(decoder.features(z, x), weight, bias)  # (S, n, P)
+                logits = F.linear(decoder_hidden(decoder, z, x), weight, bias)  # (S, n, P)
                 return -masked_bce(logits.float(), target)              # (S, n)
         else:
             def log_lik(z: torch.Tensor) -> torch.Tensor:               # (S, n, z_dim)
-                return -masked_bce(decoder(z, x), y)                     # (S, n)
+                return -masked_bce(decoder.net[-1](decoder_hidden(decoder, z, x)), y)  # (S, n)
 
         return Conditional(cvae.prior(x, y_hat), cvae.posterior(x, y), log_lik)
 

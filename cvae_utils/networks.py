@@ -5,6 +5,11 @@ Chapter "The baseline" explains `BaselineNet` and `masked_bce`; chapter "The CVA
 (batch, 784); in x a missing pixel is -1, in y a pixel that is not an output is -1, so each tensor
 carries its own mask. Networks return logits (unbounded scores) and the likelihoods are Bernoulli
 with logits, which is the numerically stable form of sigmoid followed by binary cross-entropy.
+
+These classes are the book's model and nothing else. What makes them run faster lives beside
+them (`cvae_utils.speed`: bfloat16 products with float32 outputs; `cvae_utils.evaluate`: the
+decoder's first layer shared across samples of z), and the variants of chapter "Variants of the
+model" are subclasses in `cvae_utils.variant_models`.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from torch import nn
 from .config import BaselineConfig, CVAEConfig
 
 __all__ = ["BaselineNet", "Encoder", "Decoder", "CVAE", "masked_bce", "fill_missing", "device_of",
-           "NUM_PIXELS"]
+           "NUM_PIXELS", "MODEL_FIELDS"]
 
 NUM_PIXELS = 784
 
@@ -77,7 +82,7 @@ class BaselineNet(nn.Module):
         )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(_flat(x)).float()  # (batch, 784); float32 even under bf16 autocast
+        return self.net(_flat(x))                                      # (batch, 784)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pixel probabilities (sigmoid of the logits), (batch, 784)."""
@@ -105,77 +110,72 @@ class Encoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.body(_flat(image))                       # (batch, hidden_2)
-        # float32 outputs even when the products ran in bfloat16 (mixed-precision training)
-        return self.loc(hidden).float(), self.positive(self.log_scale(hidden).float())
+        return self.loc(hidden), self.positive(self.log_scale(hidden))  # (batch, z_dim) each
 
 
 class Decoder(nn.Module):
-    """The generation network p(y|x,z): z (and x if ``decoder_sees_x``) to the logits of y."""
+    """The generation network p(y|x,z): x and z to the logits of the 784 pixels of y."""
 
     def __init__(self, config: CVAEConfig | None = None):
         super().__init__()
         config = config or CVAEConfig()
-        self.sees_x = config.decoder_sees_x
-        in_features = config.z_dim + (NUM_PIXELS if self.sees_x else 0)
         self.net = nn.Sequential(
-            nn.Linear(in_features, config.hidden_1), nn.ReLU(),
+            nn.Linear(config.z_dim + NUM_PIXELS, config.hidden_1), nn.ReLU(),
             nn.Linear(config.hidden_1, config.hidden_2), nn.ReLU(),
             nn.Linear(config.hidden_2, NUM_PIXELS),
         )
 
-    def features(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The last hidden layer, (..., batch, hidden_2): what the output layer reads."""
-        hidden = self.net[:-1]
-        if not self.sees_x:
-            return hidden(z)
-        x = _flat(x)
-        if z.dim() == x.dim():  # one z per image (training): one product on [z, x]
-            return hidden(torch.cat([z, x], dim=-1))
-        # samples of z, (S, batch, z_dim), for one x each: the first layer's product
-        # W [z; x] + b = W_z z + (W_x x + b) computes the x part once per image and
-        # broadcasts it over the samples (a third of the decoder's work at S=100)
-        first = self.net[0]
-        w_z, w_x = first.weight.split([z.shape[-1], NUM_PIXELS], dim=1)
-        return hidden[1:](F.linear(z, w_z) + F.linear(x, w_x, first.bias))
-
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        # (..., batch, 784) logits, float32 under bf16 autocast
-        return self.net[-1](self.features(z, x)).float()
+        """Logits (..., batch, 784) for z (..., batch, z_dim): one x serves every sample of z."""
+        x = _flat(x).expand(*z.shape[:-1], NUM_PIXELS)                  # (..., batch, 784)
+        return self.net(torch.cat([z, x], dim=-1))
+
+
+# the fields of CVAEConfig that change the model's structure, with the book's values: another
+# value is a variant, built by `cvae_utils.variant_models.build_cvae`
+MODEL_FIELDS = {"decoder_sees_x": True, "prior_uses_baseline": True, "joint_baseline": False}
+
+
+def _refuse_variant(model: nn.Module, config: CVAEConfig) -> None:
+    changed = [f"{name}={getattr(config, name)}" for name, book in MODEL_FIELDS.items()
+               if getattr(config, name) != book]
+    if type(model) is CVAE and changed:
+        raise ValueError(f"a config with {', '.join(changed)} describes a variant of the model: "
+                         f"build it with cvae_utils.variant_models.build_cvae(baseline, config)")
 
 
 class CVAE(nn.Module):
     """The conditional VAE of Sohn et al. (2015) built on a frozen, pre-trained baseline.
 
     Three networks: the prior p(z|x) reads x completed by the baseline's guess; the recognition
-    network q(z|x,y) reads x completed by the true y; the generation network p(y|x,z) turns z into
-    pixel logits. `model` and `guide` are the Pyro programs trained with SVI.
+    network q(z|x,y) reads x completed by the true y; the generation network p(y|x,z) turns x and
+    z into pixel logits. `model` and `guide` are the Pyro programs trained with SVI.
     """
 
     input_mask: torch.Tensor | None = None  # the layout it was trained for (see BaselineNet)
+    decoder_class = Decoder                 # the generation network's class (a variant swaps it)
 
     def __init__(self, baseline: BaselineNet, config: CVAEConfig | None = None):
         super().__init__()
         self.config = config or CVAEConfig()
-        # frozen (trained beforehand) unless the variant fine-tunes it jointly
-        self.baseline = baseline.requires_grad_(self.config.joint_baseline).eval()
+        _refuse_variant(self, self.config)
+        self.baseline = baseline.requires_grad_(False).eval()          # frozen: trained before
         self.prior_net = Encoder(self.config)
         self.recognition_net = Encoder(self.config)
-        self.generation_net = Decoder(self.config)
+        self.generation_net = self.decoder_class(self.config)
 
     def baseline_guess(self, x: torch.Tensor) -> torch.Tensor:
-        """The baseline's prediction of the missing pixels, (batch, 784); no gradient if frozen."""
-        with torch.set_grad_enabled(self.config.joint_baseline and torch.is_grad_enabled()):
+        """The frozen baseline's prediction of the missing pixels, (batch, 784)."""
+        with torch.no_grad():
             return self.baseline(_flat(x))
 
     def prior(self, x: torch.Tensor, y_hat: torch.Tensor | None = None) -> dist.Normal:
-        """p(z|x) as a batch of diagonal Gaussians; ``y_hat`` is the baseline's guess if known."""
+        """p(z|x) as a batch of diagonal Gaussians, read from x completed by the baseline's
+        guess ``y_hat`` (computed here unless given)."""
         x = _flat(x)
-        if not self.config.prior_uses_baseline:  # ablation: the prior reads x alone
-            loc, scale = self.prior_net(x)
-        else:
-            if y_hat is None:
-                y_hat = self.baseline_guess(x)
-            loc, scale = self.prior_net(fill_missing(x, y_hat))
+        if y_hat is None:
+            y_hat = self.baseline_guess(x)
+        loc, scale = self.prior_net(fill_missing(x, y_hat))
         return dist.Normal(loc, scale).to_event(1)
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor) -> dist.Normal:
@@ -192,13 +192,12 @@ class CVAE(nn.Module):
               y_hat: torch.Tensor | None = None) -> torch.Tensor:
         """Generative story: z ~ p(z|x), y ~ p(y|x,z). Returns the pixel probabilities of y.
 
-        ``x``, ``y``: (batch, 784) with -1 for pixels they do not hold. ``y_hat`` may pass the
-        baseline's guess when it was computed beforehand (the result is the same).
+        ``x``, ``y``: (batch, 784) with -1 for pixels they do not hold. The baseline is frozen,
+        so its guesses ``y_hat`` for the training images never change: training computes them
+        once and passes them in (without them the prior computes them).
         """
         pyro.module("prior_net", self.prior_net)
         pyro.module("generation_net", self.generation_net)
-        if self.config.joint_baseline:  # variant: the baseline learns along with the CVAE
-            pyro.module("baseline", self.baseline)
         x = _flat(x)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x, y_hat))                 # (batch, z_dim)
@@ -220,15 +219,6 @@ class CVAE(nn.Module):
             else:
                 pyro.module("recognition_net", self.recognition_net)
                 pyro.sample("z", self.posterior(x, y))
-
-    def prior_guide(self, x: torch.Tensor, y: torch.Tensor | None = None,
-                    y_hat: torch.Tensor | None = None) -> None:
-        """The guide of the GSNN: z from the prior network, whatever y is.
-
-        With it the ELBO's KL term vanishes and SVI trains the prior and generation networks on
-        the Monte Carlo likelihood of y under the prior, as they are used at test time.
-        """
-        self.guide(x, None, y_hat)
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:

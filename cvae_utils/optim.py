@@ -62,7 +62,7 @@ class JointAdam(pyro.optim.PyroOptim):
 
 
 class WeightAverage:
-    """An exponential moving average of ``params``, updated every ``every`` steps.
+    """An exponential moving average of the trainable ``params``, updated every ``every`` steps.
 
     It starts from the parameters' values when it is made. After step t, when t is a multiple
     of ``every``, ``avg += (1 - d) * (param - avg)`` with ``d = min(decay, t / (t + 9)) **
@@ -79,7 +79,7 @@ class WeightAverage:
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
         self.decay, self.every, self.steps = decay, every, 0
-        self.params = list(params) if decay else []
+        self.params = [p for p in params if p.requires_grad] if decay else []
         self.averages = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()

@@ -10,6 +10,10 @@ measurements):
   (`PRECISION_ENV`: fp32, bf16 or auto) decides for every "auto" of a process, e.g. to build the
   whole book in float32 on a machine that would choose bfloat16. `autocast` is the context the
   training steps run in.
+- `float32_outputs` makes the layers that end each network of the package return float32
+  under bfloat16 autocast, so that densities and losses stay float32; `autocast` calls it.
+- `decoder_hidden` computes the generation network's hidden layers for many samples of z with
+  the x part of its first layer computed once per image (the evaluation's estimators).
 - `flush_denormals` makes CPU arithmetic treat denormal floats as zero, on the calling thread
   and on every thread of torch's pool; the training functions call it when they start.
 """
@@ -20,9 +24,13 @@ import functools
 import os
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .networks import NUM_PIXELS, BaselineNet, Decoder, Encoder
 
 __all__ = ["fast_bfloat16", "resolve_precision", "explain_precision", "precision_override",
-           "autocast", "flush_denormals", "BF16_CPU_FLAGS", "PRECISION_ENV"]
+           "autocast", "float32_outputs", "decoder_hidden", "flush_denormals", "BF16_CPU_FLAGS", "PRECISION_ENV"]
 
 PRECISION_ENV = "CVAE_PRECISION"  # fp32, bf16, or auto (the default): what "auto" stands for
 
@@ -101,12 +109,56 @@ def explain_precision(precision: str, device: torch.device | str | None = None) 
             f"would be emulated)")
 
 
-def autocast(precision: str, device: torch.device):
+def _to_float32(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    return output.float()
+
+
+def float32_outputs(model: nn.Module) -> nn.Module:
+    """Make every network inside ``model`` return float32 even when its products run in
+    bfloat16: a forward hook casts the output of each layer that ends a network (the last
+    layer of `BaselineNet` and `Decoder`, the loc and scale layers of `Encoder`). Without
+    autocast the outputs are float32 already and the hooks change nothing. Returns ``model``;
+    a second call adds nothing."""
+    for module in model.modules():
+        if isinstance(module, (BaselineNet, Decoder)):
+            ends = [module.net[-1]]
+        elif isinstance(module, Encoder):
+            ends = [module.loc, module.log_scale]
+        else:
+            continue
+        for layer in ends:
+            if not getattr(layer, "_float32_output", False):
+                layer.register_forward_hook(_to_float32)
+                layer._float32_output = True
+    return model
+
+
+def autocast(precision: str, device: torch.device, model: nn.Module | None = None):
     """bfloat16 autocast when ``precision`` resolves to "bf16", else a context that does
-    nothing. Only matrix products change precision; every network of the package returns
-    float32, so densities and losses stay float32."""
+    nothing. Only matrix products change precision: the networks of ``model`` are made to
+    return float32 (`float32_outputs`), so densities and losses stay float32."""
     bf16 = resolve_precision(precision, device) == "bf16"
+    if bf16 and model is not None:
+        float32_outputs(model)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def decoder_hidden(decoder: nn.Module, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The generation network's last hidden layer, (..., n, hidden_2), computed fast.
+
+    For samples of z, (S, n, z_dim), with one x each, (n, 784), the first layer's product
+    W [z; x] + b = W_z z + (W_x x + b) computes the x part once per image and broadcasts it over
+    the samples (a third of the decoder's work at S = 100): the same numbers as
+    ``decoder.net[:-1]`` on ``[z; x]`` up to rounding. A decoder that reads z alone (the
+    tutorial's) gets its layers as they are.
+    """
+    hidden, first = decoder.net[:-1], decoder.net[0]
+    if first.in_features == z.shape[-1]:            # the tutorial's decoder: z alone
+        return hidden(z)
+    if z.dim() == x.dim():                           # one z per image: one product on [z, x]
+        return hidden(torch.cat([z, x], dim=-1))
+    w_z, w_x = first.weight.split([z.shape[-1], NUM_PIXELS], dim=1)
+    return hidden[1:](F.linear(z, w_z) + F.linear(x, w_x, first.bias))
 
 
 @functools.lru_cache(maxsize=1)

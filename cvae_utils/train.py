@@ -1,43 +1,42 @@
 """Training: the baseline with plain PyTorch, the CVAE with Pyro's SVI, both with early stopping.
 
-Chapter "The baseline" explains `train_baseline`, chapter "The CVAE in Pyro" shows `train_cvae`.
-Both hand one minibatch step and one validation pass to `fit`, the loop they share: shuffle with
-a seeded generator, step through the minibatches, measure the validation loss after every epoch,
-stop after ``patience`` epochs without improvement and return the best weights with a `History`.
+Chapter "The baseline" shows `train_baseline`, chapter "The CVAE in Pyro" shows `train_cvae`:
+each is one plain loop a student reads top to bottom. Shuffle with a seeded generator, step
+through the minibatches, measure the validation loss after every epoch, stop after ``patience``
+epochs without improvement and keep the weights of the best epoch, with a `History` of the run.
 Losses are in nats per image, averaged over images (a short last batch counts for what it holds).
-A progress bar appears when stderr is a terminal; inside the book it stays quiet.
+Each finished epoch is reported to the logger of `cvae_utils.progress`, which the book's build
+and the command line listen to.
 
-Everything that makes a step cheaper without changing what it computes lives elsewhere: the
+The speed devices of the recipe are one named line each in the loops, and live elsewhere: the
 optimiser and the weight average in `cvae_utils.optim`, the precision and denormal flushing in
-`cvae_utils.speed`.
+`cvae_utils.speed`; the variants' models and objectives in `cvae_utils.variant_models`.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI
 from pyro.poutine.messenger import Messenger
 
-from . import terminal
+from . import progress
 from .config import BaselineConfig, CVAEConfig
 from .data import QuadrantData, check_layout, check_quadrant_data, iterate_minibatches
 from .networks import CVAE, BaselineNet, masked_bce
 from .optim import JointAdam, WeightAverage
-from .speed import autocast, flush_denormals
+from .speed import autocast, decoder_hidden, flush_denormals
+from .variant_models import build_cvae, objective
 
-__all__ = ["History", "fit", "train_baseline", "train_cvae", "default_device", "baseline_loss",
-           "cvae_loss", "gsnn_loss", "Snapshots", "KLWeight", "EVAL_CHUNK"]
+__all__ = ["History", "train_baseline", "train_cvae", "default_device", "baseline_loss",
+           "cvae_loss", "gsnn_loss", "validation_loss", "frozen_guesses", "Snapshots",
+           "KLWeight", "EVAL_CHUNK"]
 
 EVAL_CHUNK = 2048  # images per chunk when scoring a whole split without gradients
-Callback = Callable[[int, torch.nn.Module, "History"], None]
 
 
 def default_device() -> torch.device:
@@ -58,6 +57,21 @@ class History:
     seconds: list[float] = field(default_factory=list)     # wall time of each epoch
     best_epoch: int = 0                                    # epoch whose weights were kept
     snapshots: torch.Tensor | None = None  # (epochs, inputs, samples, 784) uint8, CVAE only
+
+    def add(self, train_loss: float, val_loss: float, seconds: float) -> bool:
+        """Record one epoch; True when its validation loss is the lowest so far."""
+        best = val_loss < (self.best_val_loss if self.best_epoch else math.inf)
+        self.train_loss.append(train_loss)
+        self.val_loss.append(val_loss)
+        self.seconds.append(seconds)
+        if best:
+            self.best_epoch = len(self.val_loss)
+        return best
+
+    def report(self, desc: str, max_epochs: int) -> None:
+        """Send the last epoch to the progress logger (`cvae_utils.progress`)."""
+        progress.epoch_done(desc, self.num_epochs, max_epochs, self.val_loss[-1], self.seconds,
+                            self.best_epoch)
 
     @property
     def num_epochs(self) -> int:
@@ -84,80 +98,30 @@ class History:
         return frame
 
 
-def _progress_bar(total: int, desc: str, progress: bool | None):
-    from tqdm import tqdm  # text bars: they show only in a terminal (stderr a TTY)
-
-    if progress is None:
-        progress = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=True,
-                dynamic_ncols=True, file=sys.stderr)
+def _device(device) -> torch.device:
+    return torch.device(device) if device is not None else default_device()
 
 
-# ------------------------------------------------------------------------------------------------
-# The loop every model shares
-# ------------------------------------------------------------------------------------------------
+def _check_splits(train: QuadrantData, val: QuadrantData,
+                  baseline: BaselineNet | None = None) -> torch.Tensor:
+    """Training and validation data masked alike (`check_quadrant_data`), and for the layout
+    of ``baseline`` if given; their input mask."""
+    mask = check_quadrant_data(train.x, train.y, "training data")
+    if not torch.equal(check_quadrant_data(val.x, val.y, "validation data"), mask):
+        raise ValueError("the training and the validation data are masked differently: mask "
+                         "both for the same layout")
+    if baseline is not None:
+        check_layout(baseline, mask, "the training data")
+    return mask
 
-def fit(model: torch.nn.Module, *, step: Callable[[torch.Tensor], float],
-        validate: Callable[[], float], num_train: int, batch_size: int, max_epochs: int,
-        patience: int, seed: int, min_delta: float = 0.0, warmup_epochs: int = 0,
-        start_epoch: Callable[[int], None] | None = None,
-        validated_weights: Callable[[], contextlib.AbstractContextManager] | None = None,
-        callbacks: Sequence[Callback] = (), desc: str = "training",
-        progress: bool | None = None) -> History:
-    """Train ``model`` epoch by epoch with early stopping; return its `History`.
 
-    ``step(idx)`` trains on the minibatch of training indices ``idx`` and returns its summed
-    loss; ``validate()`` returns the validation loss per image. ``start_epoch(epoch)`` runs
-    before each epoch (schedules). Each epoch ends inside ``validated_weights()`` (default:
-    the weights as trained), which may swap other weights in, e.g. an average: those are the
-    weights that are validated, handed to ``callbacks(epoch, model, history)`` and kept.
-
-    Early stopping: an epoch counts as an improvement when its loss is more than ``min_delta``
-    below that of the last epoch that counted; after ``patience`` epochs without one training
-    stops, except during the first ``warmup_epochs``. The weights of the lowest validation loss
-    are loaded into ``model`` at the end.
-    """
-    if max_epochs < 1:
-        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
-    validated_weights = validated_weights or contextlib.nullcontext
-    history = History()
-    best_state, best_val, waited = None, math.inf, 0
-    reference = math.inf  # the loss of the last epoch that counted as an improvement
-    shuffle = torch.Generator().manual_seed(seed)
-    with _progress_bar(max_epochs * -(-num_train // batch_size), desc, progress) as bar:
-        for epoch in range(1, max_epochs + 1):
-            if start_epoch is not None:
-                start_epoch(epoch)
-            start = time.perf_counter()
-            total = 0.0
-            for idx in iterate_minibatches(num_train, batch_size, shuffle):
-                total += step(idx)
-                bar.update(1)
-            with validated_weights():
-                val = validate()
-                history.train_loss.append(total / num_train)
-                history.val_loss.append(val)
-                history.seconds.append(time.perf_counter() - start)
-                if val < best_val:
-                    best_val, history.best_epoch = val, epoch
-                    best_state = copy.deepcopy(model.state_dict())
-                for callback in callbacks:
-                    callback(epoch, model, history)
-            if val < reference - min_delta:
-                reference, waited = val, 0
-            elif epoch > warmup_epochs:
-                waited += 1
-            bar.set_postfix(epoch=epoch, train=f"{total / num_train:.2f}", val=f"{val:.2f}",
-                            best=history.best_epoch)
-            terminal.epoch_done(desc, epoch, max_epochs, val, history.seconds, history.best_epoch)
-            if waited >= patience:
-                break
-    if best_state is None:
+def _best(state: dict | None, desc: str, history: History) -> dict:
+    """The weights of the best epoch; an error when no epoch had a finite validation loss."""
+    if state is None:
         raise FloatingPointError(
             f"{desc}: the validation loss was never finite ({history.val_loss}); lower the "
             f"learning rate or check the data for NaN")
-    model.load_state_dict(best_state)
-    return history
+    return state
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,49 +136,39 @@ def baseline_loss(baseline: BaselineNet, data: QuadrantData) -> torch.Tensor:
 
 
 def train_baseline(train: QuadrantData, val: QuadrantData, config: BaselineConfig | None = None,
-                   *, max_epochs: int = 100, device=None, progress: bool | None = None,
-                   callbacks: Sequence[Callback] = ()) -> tuple[BaselineNet, History]:
+                   *, max_epochs: int = 100, device=None) -> tuple[BaselineNet, History]:
     """Train the baseline MLP with Adam on the masked BCE; early stopping on ``val``."""
-    config = config or BaselineConfig()
-    device = _device(device)
+    config, device = config or BaselineConfig(), _device(device)
     mask = _check_splits(train, val)
-    flush_denormals()
+    flush_denormals()                                # speed: denormal floats count as zero
     torch.manual_seed(config.seed)
     baseline = BaselineNet(config).to(device)
     optimizer = torch.optim.Adam(baseline.parameters(), lr=config.lr, fused=True)
+    ctx = autocast(config.precision, device, baseline)  # speed: bfloat16 products if asked
     x, y, val = train.x.to(device), train.y.to(device), val.to(device)
-    precision = autocast(config.precision, device)  # bf16 products if the config asks
-
-    def step(idx):
-        with precision:
-            loss = masked_bce(baseline.logits(x[idx]), y[idx]).sum()  # float32 logits
-        optimizer.zero_grad(set_to_none=True)
-        (loss / len(idx)).backward()
-        optimizer.step()
-        return loss.item()
-
-    def validate():
-        baseline.eval()
-        with precision:  # the training precision: this pass only ranks the epochs
-            value = baseline_loss(baseline, val).mean().item()
-        baseline.train()
-        return value
-
-    history = fit(baseline, step=step, validate=validate, num_train=len(train),
-                  batch_size=config.batch_size, max_epochs=max_epochs,
-                  patience=config.patience, seed=config.seed, callbacks=callbacks,
-                  desc=f"baseline k={train.num_quadrants}", progress=progress)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    history, best_state, waited = History(), None, 0
+    for epoch in range(1, max_epochs + 1):
+        start, total = time.perf_counter(), 0.0
+        for idx in iterate_minibatches(len(train), config.batch_size, shuffle):
+            with ctx:
+                loss = masked_bce(baseline.logits(x[idx]), y[idx]).sum()
+            optimizer.zero_grad(set_to_none=True)
+            (loss / len(idx)).backward()             # the mean over the batch's images
+            optimizer.step()
+            total += loss.item()
+        with ctx:
+            val_loss = baseline_loss(baseline, val).mean().item()
+        if history.add(total / len(train), val_loss, time.perf_counter() - start):
+            best_state, waited = copy.deepcopy(baseline.state_dict()), 0
+        else:
+            waited += 1
+        history.report(f"baseline k={train.num_quadrants}", max_epochs)
+        if waited >= config.patience:                # early stopping
+            break
+    baseline.load_state_dict(_best(best_state, f"baseline k={train.num_quadrants}", history))
     baseline.input_mask = mask.cpu()
     return baseline.eval(), history
-
-
-def _check_splits(train: QuadrantData, val: QuadrantData) -> torch.Tensor:
-    """Training and validation data masked alike (`check_quadrant_data`); their input mask."""
-    mask = check_quadrant_data(train.x, train.y, "training data")
-    if not torch.equal(check_quadrant_data(val.x, val.y, "validation data"), mask):
-        raise ValueError("the training and the validation data are masked differently: mask "
-                         "both for the same layout")
-    return mask
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,6 +215,13 @@ def gsnn_loss(cvae: CVAE, data: QuadrantData, seed: int = 0,
     return _single_sample_loss(cvae, data, seed, gsnn=True, y_hat=y_hat)
 
 
+def validation_loss(cvae: CVAE, val: QuadrantData, y_hat: torch.Tensor | None = None) -> float:
+    """The loss that ranks the epochs: the single-sample -ELBO with fixed noise and the full KL
+    weight (the GSNN's own loss for the GSNN), nats per validation image."""
+    loss = gsnn_loss if cvae.config.objective == "gsnn" else cvae_loss
+    return loss(cvae, val, seed=cvae.config.seed, y_hat=y_hat).mean().item()
+
+
 class KLWeight(Messenger):
     """Scales the log-densities of the latent site z in model and guide: the ELBO's KL term."""
 
@@ -273,33 +234,11 @@ class KLWeight(Messenger):
             msg["scale"] = msg["scale"] * self.weight
 
 
-def _objective(cvae: CVAE, config: CVAEConfig, kl_weight: KLWeight):
-    """The guide and the loss of ``config.objective`` for SVI, the guides under ``kl_weight``.
-
-    The CVAE's loss is the negative ELBO: `Trace_ELBO` estimates its KL term from the sampled z,
-    as the tutorial does; with ``analytic_kl`` `TraceMeanField_ELBO` computes it in closed form.
-    The GSNN is the ELBO with the prior network as guide; the hybrid objective is alpha * ELBO
-    (recognition guide) + (1 - alpha) * ELBO (prior guide).
-    """
-    elbo = TraceMeanField_ELBO() if config.analytic_kl else Trace_ELBO()
-    if config.objective == "cvae":
-        return kl_weight(cvae.guide), elbo
-    if config.objective == "gsnn":
-        return kl_weight(cvae.prior_guide), elbo
-    alpha, prior_guide = config.hybrid_alpha, kl_weight(cvae.prior_guide)
-
-    def hybrid_loss(model, guide, *args, **kwargs):
-        return (alpha * elbo.differentiable_loss(model, guide, *args, **kwargs)
-                + (1 - alpha) * elbo.differentiable_loss(model, prior_guide, *args, **kwargs))
-
-    return kl_weight(cvae.guide), hybrid_loss
-
-
 @torch.no_grad()
-def _baseline_guesses(cvae: CVAE, x: torch.Tensor) -> torch.Tensor | None:
-    """The frozen baseline's guesses for ``x`` (N, 784), chunk by chunk; None when the prior
-    does not read them, or reads a baseline that trains with the CVAE."""
-    if not cvae.config.prior_uses_baseline or cvae.config.joint_baseline:
+def frozen_guesses(cvae: CVAE, x: torch.Tensor) -> torch.Tensor | None:
+    """The frozen baseline's guesses for ``x`` (N, 784), computed once, chunk by chunk: they
+    never change during training. None for a baseline that trains (a variant)."""
+    if any(p.requires_grad for p in cvae.baseline.parameters()):
         return None
     y_hat = torch.empty_like(x)
     for chunk, out in zip(x.split(EVAL_CHUNK), y_hat.split(EVAL_CHUNK)):
@@ -307,88 +246,64 @@ def _baseline_guesses(cvae: CVAE, x: torch.Tensor) -> torch.Tensor | None:
     return y_hat
 
 
-def _check_finite(loss: float, what: str, epoch: int, config: CVAEConfig) -> float:
-    if not math.isfinite(loss):
-        raise FloatingPointError(
-            f"{what}: the training loss became {loss} in epoch {epoch}; lower the learning "
-            f"rate (CVAEConfig.lr={config.lr}) or check the data for NaN")
-    return loss
-
-
 def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
                config: CVAEConfig | None = None, *, max_epochs: int = 100, device=None,
-               progress: bool | None = None,
-               callbacks: Sequence[Callback] = ()) -> tuple[CVAE, History]:
-    """Train the CVAE on top of a trained baseline with Pyro's SVI; early stopping on ``val``.
-
-    ``config.objective`` picks the loss (CVAE, GSNN or hybrid), ``kl_warmup_epochs`` and
-    ``lr_decay`` the schedules, ``weight_average`` the average that is validated and kept. The
-    validation loss is the single-sample -ELBO (the GSNN's own loss for the GSNN) with fixed
-    noise and the full KL weight. ``callbacks(epoch, cvae, history)`` run after every epoch
-    (`Snapshots` records completions for the training animation).
-    """
-    config = config or CVAEConfig()
-    device, what = _device(device), f"cvae k={train.num_quadrants}"
-    mask = _check_splits(train, val)
-    check_layout(baseline, mask, "the training data")
-    flush_denormals()
+               snapshots: "Snapshots | None" = None) -> tuple[CVAE, History]:
+    """Train the CVAE on a trained baseline with Pyro's SVI; early stopping on ``val``."""
+    config, device = config or CVAEConfig(), _device(device)
+    mask = _check_splits(train, val, baseline)
+    flush_denormals()                                # speed: denormal floats count as zero
     torch.manual_seed(config.seed)
-    if config.joint_baseline:
-        baseline = copy.deepcopy(baseline)  # fine-tuned here: leave the caller's one untouched
-    cvae = CVAE(baseline.to(device), config).to(device)
+    cvae = build_cvae(baseline.to(device), config).to(device)  # the book's CVAE, or a variant
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-
-    kl_weight = KLWeight()
-    guide, loss = _objective(cvae, config, kl_weight)
-    optimizer = JointAdam(config.lr, gamma=config.lr_decay)
-    svi = SVI(kl_weight(cvae.model), guide, optimizer, loss)
-    average = WeightAverage([p for p in cvae.parameters() if p.requires_grad],
-                            config.weight_average, config.average_every)
-
+    kl = KLWeight()                                  # the KL term's weight: the warm-up
+    guide, loss = objective(cvae, config, kl)        # the -ELBO, its KL term in closed form
+    optimizer = JointAdam(config.lr, gamma=config.lr_decay)  # speed: one fused Adam
+    svi = SVI(kl(cvae.model), guide, optimizer, loss)
+    average = WeightAverage(cvae.parameters(), config.weight_average, config.average_every)
+    ctx = autocast(config.precision, device, cvae)   # speed: bfloat16 products if asked
     x, y, val = train.x.to(device), train.y.to(device), val.to(device)
-    y_hat, val_y_hat = _baseline_guesses(cvae, x), _baseline_guesses(cvae, val.x)
-    precision = autocast(config.precision, device)  # bf16 products if the config asks
-    warmup = config.warmup_epochs(max_epochs)
-    checks = pyro.distributions.is_validation_enabled()  # the caller's setting
-    epoch = 0
-
-    def start_epoch(new_epoch):
-        nonlocal epoch
-        epoch = new_epoch
-        if epoch > 1:
-            optimizer.decay_lr()
-        kl_weight.weight = min(1.0, epoch / (warmup + 1))
-
-    def step(idx):
-        # Pyro's checks (site shapes, model against guide, parameters in their support) cost
-        # 5 % of a step and nothing they check changes after the first epoch; after it a
-        # loss that is not finite stops the run instead
-        with precision, pyro.validation_enabled(checks and epoch == 1):
-            loss = svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])
-        average.update()
-        return _check_finite(loss, what, epoch, config)
-
-    def validate():
-        metric = gsnn_loss if config.objective == "gsnn" else cvae_loss
-        cvae.eval()
-        with precision:  # the training precision: this pass only ranks the epochs
-            value = metric(cvae, val, seed=config.seed, y_hat=val_y_hat).mean().item()
-        cvae.train()
-        return value
-
-    history = fit(cvae, step=step, validate=validate, num_train=len(train),
-                  batch_size=config.batch_size, max_epochs=max_epochs,
-                  patience=config.patience, min_delta=config.min_delta,
-                  warmup_epochs=warmup, seed=config.seed, start_epoch=start_epoch,
-                  validated_weights=average.swapped_in, callbacks=callbacks, desc=what,
-                  progress=progress)
+    y_hat, val_y_hat = frozen_guesses(cvae, x), frozen_guesses(cvae, val.x)  # speed
+    shuffle = torch.Generator().manual_seed(config.seed)
+    warmup, checks = config.warmup_epochs(max_epochs), pyro.distributions.is_validation_enabled()
+    history, best_state, reference, waited = History(), None, math.inf, 0
+    for epoch in range(1, max_epochs + 1):
+        kl.weight = min(1.0, epoch / (warmup + 1))
+        start, total = time.perf_counter(), 0.0
+        for idx in iterate_minibatches(len(train), config.batch_size, shuffle):
+            with ctx, pyro.validation_enabled(checks and epoch == 1):  # speed: epoch 1 only
+                total += svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])
+            average.update()
+        _check_finite(total, f"cvae k={train.num_quadrants}", epoch, config)
+        with average.swapped_in(), ctx:              # validate and keep the averaged weights
+            val_loss = validation_loss(cvae, val, val_y_hat)
+            if history.add(total / len(train), val_loss, time.perf_counter() - start):
+                best_state = copy.deepcopy(cvae.state_dict())
+            if snapshots is not None:
+                snapshots(epoch, cvae, history)      # completions for the animation
+        if val_loss < reference - config.min_delta:  # early stopping
+            reference, waited = val_loss, 0
+        elif epoch > warmup:
+            waited += 1
+        history.report(f"cvae k={train.num_quadrants}", max_epochs)
+        if waited >= config.patience:
+            break
+        optimizer.decay_lr()                         # the learning rate's schedule
+    cvae.load_state_dict(_best(best_state, f"cvae k={train.num_quadrants}", history))
     cvae.input_mask = mask.cpu()
     return cvae.eval(), history
 
 
+def _check_finite(loss: float, what: str, epoch: int, config: CVAEConfig) -> None:
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"{what}: the training loss became {loss} in epoch {epoch}; lower the learning "
+            f"rate (CVAEConfig.lr={config.lr}) or check the data for NaN")
+
+
 class Snapshots:
-    """A callback of `train_cvae` that records completions of a few inputs after every epoch.
+    """Records completions of a few inputs after every epoch of `train_cvae`.
 
     ``x``: (n, 784) inputs. After each epoch it draws ``num_samples`` completions of each from
     the prior with the same fixed noise (seeded by ``seed``), with the weights that were
@@ -405,9 +320,15 @@ class Snapshots:
     def __call__(self, epoch: int, cvae: CVAE, history: History) -> None:
         device = next(cvae.parameters()).device
         x = self.x.to(device)
+        with torch.autocast(device.type, enabled=False):                   # float32
+            self.draw(cvae, x, history)
+
+    def draw(self, cvae: CVAE, x: torch.Tensor, history: History) -> None:
+        device = x.device
         prior = cvae.prior(x).base_dist
         z = prior.loc + prior.scale * self.noise.to(device)                  # (S, n, z_dim)
-        probs = torch.sigmoid(cvae.generation_net(z, x))                    # (S, n, 784)
+        decoder = cvae.generation_net  # speed: x's part of the first layer once per image
+        probs = torch.sigmoid(decoder.net[-1](decoder_hidden(decoder, z, x)))  # (S, n, 784)
         frame = (probs.transpose(0, 1) * 255).round().to(torch.uint8).cpu()[None]
         history.snapshots = (frame if history.snapshots is None
                              else torch.cat([history.snapshots, frame]))

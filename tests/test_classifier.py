@@ -42,7 +42,7 @@ class FixedLogits(nn.Module):
 
 def test_classifier_learns_a_separable_problem():
     data = toy_data()
-    model, history = train_classifier(data, SMALL, TINY, device="cpu", progress=False)
+    model, history = train_classifier(data, SMALL, TINY, device="cpu")
     assert not model.training
     assert 1 <= history.num_epochs <= 4 and history.best_val_loss == min(history.val_loss)
     assert classifier_accuracy(model, data.test) >= 0.95
@@ -68,11 +68,11 @@ def test_training_is_seeded_and_leaves_global_rng_alone():
     config = SMALL.replace(max_shift=2, dropout=0.3)
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    _, h1 = train_classifier(data, config, TINY, device="cpu", progress=False)
+    _, h1 = train_classifier(data, config, TINY, device="cpu")
     assert torch.equal(torch.get_rng_state(), state)
-    _, h2 = train_classifier(data, config, TINY, device="cpu", progress=False)
+    _, h2 = train_classifier(data, config, TINY, device="cpu")
     assert h1.train_loss == h2.train_loss and h1.val_loss == h2.val_loss
-    _, h3 = train_classifier(data, config.replace(seed=1), TINY, device="cpu", progress=False)
+    _, h3 = train_classifier(data, config.replace(seed=1), TINY, device="cpu")
     assert h3.train_loss != h1.train_loss
 
 

@@ -32,6 +32,7 @@ from cvae_utils.evaluate import (
     standard_normal_noise,
 )
 from cvae_utils.networks import CVAE, BaselineNet
+from cvae_utils.variant_models import build_cvae
 from cvae_utils.tables import (CLL_ROWS, PUBLISHED, cll_labels, cll_table, format_table,
                                published_table)
 
@@ -262,7 +263,7 @@ def test_cvae_log_likelihood_matches_the_bernoulli_likelihood(sees_x, mixed):
     only) and for a chunk that mixes splits (all pixels, masked)."""
     config = TINY.replace(decoder_sees_x=sees_x)
     torch.manual_seed(4)
-    cvae = CVAE(BaselineNet(config), config).eval()
+    cvae = build_cvae(BaselineNet(config), config).eval()
     data = quadrant_data(6, 2)
     x, y = data.x.clone(), data.y.clone()
     if mixed:  # the last image gets one input quadrant instead of two
@@ -302,7 +303,7 @@ def test_cvae_estimators_shapes_order_and_determinism(tiny_cvae, num_quadrants):
 def test_cvae_chunking_and_conditioned_decoder():
     config = TINY.replace(decoder_sees_x=True)
     torch.manual_seed(2)
-    cvae = CVAE(BaselineNet(config), config).eval()
+    cvae = build_cvae(BaselineNet(config), config).eval()
     data = quadrant_data(23, 2)
     for estimator in (cvae_neg_elbo, cvae_mc_prior, cvae_importance_sampling):
         small = estimator(cvae, data, num_samples=6, chunk_size=4)

@@ -9,6 +9,10 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 from cvae_utils import CVAE, BaselineNet, CVAEConfig, mask_quadrants, masked_bce
+from cvae_utils.speed import decoder_hidden
+from cvae_utils.speed import float32_outputs
+from cvae_utils.variant_models import (JointBaselineCVAE, PriorWithoutBaselineCVAE,
+                                       TutorialDecoderCVAE, build_cvae)
 
 SMALL = CVAEConfig(hidden_1=32, hidden_2=16, z_dim=4)
 
@@ -63,7 +67,7 @@ def test_baseline_shapes_and_range():
 @pytest.mark.parametrize("sees_x", [False, True])
 def test_model_and_guide_trace_with_the_right_shapes(sees_x):
     config = SMALL.replace(decoder_sees_x=sees_x)
-    cvae = CVAE(BaselineNet(config), config)
+    cvae = build_cvae(BaselineNet(config), config)
     x, y = masked_batch(n=5, k=1)
     guide_trace = poutine.trace(cvae.guide).get_trace(x, y)
     model_trace = poutine.trace(poutine.replay(cvae.model, trace=guide_trace)).get_trace(x, y)
@@ -118,7 +122,7 @@ def test_baseline_stays_frozen_under_svi():
 def test_a_few_svi_steps_lower_the_loss_on_a_fixed_batch(scale):
     pyro.set_rng_seed(0)
     config = SMALL.replace(scale=scale)
-    cvae = CVAE(BaselineNet(config), config)
+    cvae = build_cvae(BaselineNet(config), config)
     svi = SVI(cvae.model, cvae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO(num_particles=4))
     # a learnable batch: binary images drawn from two prototypes
     prototypes = (torch.rand(2, 784, generator=torch.Generator().manual_seed(5)) > 0.5).float()
@@ -146,10 +150,18 @@ def test_config_rejects_nonsense():
     assert CVAEConfig(batch_size=64).baseline.batch_size == 256  # the baseline's is its own
 
 
-def test_networks_return_float32_under_bfloat16_autocast():
-    """Mixed precision runs the products in bfloat16 but hands float32 to the distributions."""
-    cvae = CVAE(BaselineNet(SMALL), SMALL.replace(decoder_sees_x=True))
+def test_float32_outputs_make_the_networks_return_float32_under_bfloat16_autocast():
+    """Mixed precision runs the products in bfloat16 but hands float32 to the distributions
+    (the hooks of `speed.float32_outputs`); without autocast the hooks change nothing."""
+    cvae = CVAE(BaselineNet(SMALL), SMALL)
     x, y, _, _ = mask_quadrants(torch.rand(4, 784), 1)
+    z = torch.randn(4, SMALL.z_dim)
+    with torch.no_grad():
+        plain = (cvae.prior(x).base_dist.scale, cvae.generation_net(z, x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cvae.generation_net(z, x).dtype == torch.bfloat16  # no hooks yet
+    float32_outputs(float32_outputs(cvae))  # a second call adds nothing
+    assert len(cvae.generation_net.net[-1]._forward_hooks) == 1
     with torch.autocast("cpu", dtype=torch.bfloat16):
         hidden = cvae.prior_net.body(x)
         prior, posterior = cvae.prior(x), cvae.posterior(x, y)
@@ -158,18 +170,23 @@ def test_networks_return_float32_under_bfloat16_autocast():
     assert hidden.dtype == torch.bfloat16  # autocast is really on
     for t in (prior.base_dist.loc, prior.base_dist.scale, posterior.base_dist.loc, logits, guess):
         assert t.dtype == torch.float32
+    with torch.no_grad():  # float32 arithmetic: the hooks are the identity
+        assert torch.equal(cvae.prior(x).base_dist.scale, plain[0])
+        assert torch.equal(cvae.generation_net(z, x), plain[1])
 
 
-def test_decoder_reading_x_is_one_linear_map_of_z_and_x_with_or_without_samples():
-    """The decoder's first layer on [z, x]: computed on the concatenation for one z per image,
-    and as W_z z + (W_x x + b) over samples of z; both must be the layer applied to [z, x]."""
-    config = SMALL.replace(decoder_sees_x=True)
-    decoder = CVAE(BaselineNet(config), config).generation_net
+@pytest.mark.parametrize("sees_x", [True, False])
+def test_decoder_hidden_computes_the_decoders_hidden_layers_for_samples_of_z(sees_x):
+    """The evaluation's fast path for the decoder: over samples of z the x part of the first
+    layer is computed once per image (W_z z + (W_x x + b)); it must equal the layers applied to
+    [z, x] (or to z for the tutorial's decoder), with and without samples."""
+    config = SMALL.replace(decoder_sees_x=sees_x)
+    decoder = build_cvae(BaselineNet(config), config).generation_net
     x, _ = masked_batch(n=5)
     z = torch.randn(3, 5, config.z_dim, generator=torch.Generator().manual_seed(1))
 
     def reference(z, x):  # the layers applied, one by one, to [z, x]
-        out = torch.cat([z, x.expand(*z.shape[:-1], 784)], dim=-1)
+        out = torch.cat([z, x.expand(*z.shape[:-1], 784)], dim=-1) if sees_x else z
         for layer in decoder.net:
             out = layer(out)
         return out
@@ -177,11 +194,52 @@ def test_decoder_reading_x_is_one_linear_map_of_z_and_x_with_or_without_samples(
     with torch.no_grad():
         torch.testing.assert_close(decoder(z, x), reference(z, x))            # (3, 5, 784)
         torch.testing.assert_close(decoder(z[0], x), reference(z[0], x))      # (5, 784)
-        torch.testing.assert_close(decoder(z, x)[1], decoder(z[1], x))
+        for zz in (z, z[0]):
+            fast = decoder.net[-1](decoder_hidden(decoder, zz, x))
+            torch.testing.assert_close(fast, reference(zz, x))
         assert decoder(z, x.reshape(5, 28, 28)).shape == (3, 5, 784)
-    # gradients reach every weight of the first layer through both paths
-    for zz in (z, z[0]):
-        decoder.zero_grad()
-        decoder(zz, x).sum().backward()
-        grad = decoder.net[0].weight.grad
-        assert grad[:, :config.z_dim].abs().sum() > 0 and grad[:, config.z_dim:].abs().sum() > 0
+
+
+def test_build_cvae_builds_each_variant_as_its_own_class():
+    """The taught `CVAE` is the book's model; each change of a variant is a subclass, and
+    changes combine."""
+    baseline = BaselineNet(SMALL)
+    assert type(build_cvae(baseline, SMALL)) is CVAE
+    tutorial = build_cvae(baseline, SMALL.replace(decoder_sees_x=False))
+    assert isinstance(tutorial, TutorialDecoderCVAE)
+    assert tutorial.generation_net.net[0].in_features == SMALL.z_dim
+    assert build_cvae(baseline, SMALL).generation_net.net[0].in_features == SMALL.z_dim + 784
+    joint = build_cvae(baseline, SMALL.replace(joint_baseline=True, prior_uses_baseline=False))
+    assert isinstance(joint, JointBaselineCVAE) and isinstance(joint, PriorWithoutBaselineCVAE)
+    assert joint.baseline is not baseline  # fine-tuned: a copy, the caller's stays frozen
+    assert all(p.requires_grad for p in joint.baseline.parameters())
+    assert not any(p.requires_grad for p in baseline.parameters())
+    x, _ = masked_batch(n=3)
+    with torch.no_grad():  # the prior without baseline reads x itself
+        loc, _ = joint.prior_net(x)
+        torch.testing.assert_close(joint.prior(x).base_dist.loc, loc)
+
+
+def test_frozen_guesses_give_the_loss_the_model_computes_itself():
+    """The training loop's speed device: the frozen baseline's guesses, computed once before
+    training and passed to the model, give the ELBO that the model computes on its own."""
+    from pyro.infer import TraceMeanField_ELBO
+
+    from cvae_utils.train import frozen_guesses
+
+    cvae = build_cvae(BaselineNet(SMALL), SMALL)
+    x, y = masked_batch(n=8)
+    y_hat = frozen_guesses(cvae, x)
+    torch.testing.assert_close(y_hat, cvae.baseline(x))
+    losses = []
+    for args in ((x, y), (x, y, y_hat)):
+        pyro.set_rng_seed(3)
+        losses.append(TraceMeanField_ELBO().loss(cvae.model, cvae.guide, *args))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    joint = build_cvae(BaselineNet(SMALL), SMALL.replace(joint_baseline=True))
+    assert frozen_guesses(joint, x) is None  # a baseline that trains computes its own
+
+
+def test_the_books_cvae_refuses_the_config_of_a_variant():
+    with pytest.raises(ValueError, match="decoder_sees_x=False describes a variant.*build_cvae"):
+        CVAE(BaselineNet(SMALL), SMALL.replace(decoder_sees_x=False))

@@ -17,7 +17,8 @@ from cvae_utils.__main__ import main
 from cvae_utils.cache import CheckpointError, checkpoint_path, load_checkpoint, model_key
 from cvae_utils.networks import CVAE, BaselineNet, masked_bce
 from cvae_utils.optim import JointAdam, WeightAverage
-from cvae_utils.train import KLWeight, Snapshots, baseline_loss, fit
+from cvae_utils.train import KLWeight, Snapshots, baseline_loss
+from cvae_utils.variant_models import build_cvae, objective, prior_guide
 
 # small networks trained the tutorial's way (float32, no warm-up, no average), so that each
 # test switches on only what it tests
@@ -48,8 +49,7 @@ def test_budgets_from_environment(monkeypatch):
 
 def test_baseline_training_history_and_best_weights(tiny_data):
     train, val = quadrant_splits(tiny_data)
-    model, history = train_baseline(train, val, BASE, max_epochs=3, device="cpu",
-                                    progress=False)
+    model, history = train_baseline(train, val, BASE, max_epochs=3, device="cpu")
     assert history.num_epochs >= 1 and len(history.val_loss) == len(history.seconds)
     assert history.best_val_loss == min(history.val_loss)
     # the returned weights are the best epoch's: they reproduce its validation loss
@@ -60,38 +60,34 @@ def test_baseline_training_history_and_best_weights(tiny_data):
 def test_early_stopping_respects_patience(tiny_data):
     train, val = quadrant_splits(tiny_data)
     config = BASE.replace(patience=1, lr=0.5)  # absurd rate: validation gets worse
-    _, history = train_baseline(train, val, config, max_epochs=20, device="cpu", progress=False)
+    _, history = train_baseline(train, val, config, max_epochs=20, device="cpu")
     assert history.num_epochs == history.best_epoch + 1 < 20
 
 
 def test_training_is_reproducible(tiny_data):
     train, val = quadrant_splits(tiny_data)
-    base1, h1 = train_baseline(train, val, BASE, max_epochs=2, device="cpu", progress=False)
-    base2, h2 = train_baseline(train, val, BASE, max_epochs=2, device="cpu", progress=False)
+    base1, h1 = train_baseline(train, val, BASE, max_epochs=2, device="cpu")
+    base2, h2 = train_baseline(train, val, BASE, max_epochs=2, device="cpu")
     assert h1.train_loss == h2.train_loss and h1.val_loss == h2.val_loss
-    c1, g1 = train_cvae(train, val, base1, SMALL, max_epochs=2, device="cpu", progress=False)
-    c2, g2 = train_cvae(train, val, base2, SMALL, max_epochs=2, device="cpu", progress=False)
+    c1, g1 = train_cvae(train, val, base1, SMALL, max_epochs=2, device="cpu")
+    c2, g2 = train_cvae(train, val, base2, SMALL, max_epochs=2, device="cpu")
     assert g1.train_loss == g2.train_loss and g1.val_loss == g2.val_loss
     other = SMALL.replace(seed=1)
-    _, g3 = train_cvae(train, val, base1, other, max_epochs=2, device="cpu", progress=False)
+    _, g3 = train_cvae(train, val, base1, other, max_epochs=2, device="cpu")
     assert g3.train_loss != g1.train_loss
 
 
-def test_cvae_training_records_snapshots_and_calls_back(tiny_data):
+def test_cvae_training_records_snapshots(tiny_data):
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
-    calls = []
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu")
     cvae, history = train_cvae(train, val, baseline, SMALL, max_epochs=2, device="cpu",
-                               progress=False,
-                               callbacks=[Snapshots(train.x[:3], 5, SMALL.z_dim),
-                                          lambda epoch, model, h: calls.append(epoch)])
-    assert calls == list(range(1, history.num_epochs + 1))
+                               snapshots=Snapshots(train.x[:3], 5, SMALL.z_dim))
     assert history.snapshots.shape == (history.num_epochs, 3, 5, 784)
     assert history.snapshots.dtype == torch.uint8
 
 
 def test_cache_round_trip_loads_without_training(tiny_data, cache_path, monkeypatch):
-    model, history = trained_cvae(1, SMALL, TINY, tiny_data, device="cpu", progress=False)
+    model, history = trained_cvae(1, SMALL, TINY, tiny_data, device="cpu")
     files = sorted(p.name for p in cache_path.iterdir())
     assert len(files) == 2 and files[0].startswith("baseline-k1-smoke-")
     assert not any(p.suffix == ".tmp" for p in cache_path.iterdir())
@@ -172,10 +168,9 @@ def test_command_line_rejects_bad_quadrants(capsys):
 def test_variants_train_and_lower_their_loss(changes, tiny_data):
     train, val = quadrant_splits(tiny_data)
     config = SMALL.replace(**changes, patience=5)
-    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu")
     frozen = [p.clone() for p in baseline.parameters()]
-    cvae, history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu",
-                               progress=False)
+    cvae, history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu")
     assert all(torch.isfinite(torch.tensor(history.train_loss)))
     assert history.train_loss[-1] < history.train_loss[0]
     # the caller's baseline never changes; a jointly trained copy inside the CVAE does
@@ -189,7 +184,7 @@ def test_gsnn_loss_has_no_kl_term(tiny_data):
     train, _ = quadrant_splits(tiny_data)
     cvae = CVAE(BaselineNet(BASE), SMALL)
     x, y = train.x[:8], train.y[:8]
-    guide_trace = poutine.trace(cvae.prior_guide).get_trace(x, y)
+    guide_trace = poutine.trace(prior_guide(cvae)).get_trace(x, y)
     model_trace = poutine.trace(poutine.replay(cvae.model, trace=guide_trace)).get_trace(x, y)
     elbo = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
     z = guide_trace.nodes["z"]["value"]
@@ -213,13 +208,18 @@ def test_nan_data_gives_a_clear_error_before_training(tiny_data):
     train, val = quadrant_splits(tiny_data)
     val.x[:] = float("nan")
     with pytest.raises(ValueError, match="validation data: x holds NaN"):
-        train_baseline(train, val, BASE, max_epochs=2, device="cpu", progress=False)
+        train_baseline(train, val, BASE, max_epochs=2, device="cpu")
 
 
-def test_a_validation_loss_that_is_never_finite_gives_a_clear_error():
-    with pytest.raises(FloatingPointError, match="never finite"):
-        fit(torch.nn.Linear(1, 1), step=lambda idx: 0.0, validate=lambda: float("nan"),
-            num_train=4, batch_size=4, max_epochs=2, patience=1, seed=0, progress=False)
+def test_a_validation_loss_that_is_never_finite_gives_a_clear_error(tiny_data, monkeypatch):
+    import cvae_utils.train as train_module
+
+    train, val = quadrant_splits(tiny_data)
+    monkeypatch.setattr(train_module, "baseline_loss",
+                        lambda model, data: torch.full((len(data),), float("nan")))
+    with pytest.raises(FloatingPointError, match="baseline k=1: the validation loss was never "
+                                                 "finite"):
+        train_baseline(train, val, BASE, max_epochs=2, device="cpu")
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
@@ -229,7 +229,7 @@ def test_pyro_checks_the_first_cvae_epoch_and_a_non_finite_loss_stops_training(t
     import pyro.distributions as dist
 
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu")
     seen, model = [], CVAE.model
 
     def recording_model(self, *args, **kwargs):
@@ -238,7 +238,7 @@ def test_pyro_checks_the_first_cvae_epoch_and_a_non_finite_loss_stops_training(t
 
     monkeypatch.setattr(CVAE, "model", recording_model)
     config = SMALL.replace(patience=10)
-    train_cvae(train, val, baseline, config, max_epochs=3, device="cpu", progress=False)
+    train_cvae(train, val, baseline, config, max_epochs=3, device="cpu")
     steps = -(-len(train) // config.batch_size)
     assert seen == [True] * steps + [False] * 2 * steps  # Pyro's checks in the first epoch only
     assert dist.is_validation_enabled()                  # and the user's setting restored
@@ -248,9 +248,9 @@ def test_pyro_checks_the_first_cvae_epoch_and_a_non_finite_loss_stops_training(t
         poisoned.net[0].weight.fill_(float("nan"))  # its guesses, read by the prior, are NaN
     with pyro.validation_enabled(False):
         with pytest.raises(FloatingPointError, match="training loss became nan in epoch 1"):
-            train_cvae(train, val, poisoned, config, max_epochs=2, device="cpu", progress=False)
+            train_cvae(train, val, poisoned, config, max_epochs=2, device="cpu")
     with pytest.raises(ValueError):  # with them, Pyro itself rejects the NaN parameters
-        train_cvae(train, val, poisoned, config, max_epochs=2, device="cpu", progress=False)
+        train_cvae(train, val, poisoned, config, max_epochs=2, device="cpu")
 
 
 def test_book_config_is_the_default_and_departs_from_the_tutorial_in_its_recipe():
@@ -273,18 +273,17 @@ def test_baseline_precision_selects_the_baselines_autocast(monkeypatch, tiny_dat
     logits = BaselineNet.logits
 
     def recording(self, x):
-        out = self.net(x)
+        out = self.net[:-1](x)  # the products (the last layer's output is cast to float32)
         dtypes.append((torch.is_autocast_enabled("cpu"), out.dtype))
         return logits(self, x)
 
     monkeypatch.setattr(BaselineNet, "logits", recording)
     train, val = quadrant_splits(tiny_data)
     config = BASE.replace(precision="bf16", patience=5)
-    train_baseline(train, val, config, max_epochs=1, device="cpu", progress=False)
+    train_baseline(train, val, config, max_epochs=1, device="cpu")
     assert set(dtypes) == {(True, torch.bfloat16)}  # training steps and validation pass
     dtypes.clear()
-    train_baseline(train, val, config.replace(precision="fp32"), max_epochs=1, device="cpu",
-                   progress=False)
+    train_baseline(train, val, config.replace(precision="fp32"), max_epochs=1, device="cpu")
     assert set(dtypes) == {(False, torch.float32)}
     # a different baseline precision is a different baseline in the cache
     assert model_key("baseline", config, TINY, 1) != model_key("baseline", BASE, TINY, 1)
@@ -303,24 +302,22 @@ def test_cvae_and_baseline_use_their_own_batch_sizes(tiny_data, monkeypatch):
     monkeypatch.setattr(train_module, "iterate_minibatches", recording)
     train, val = quadrant_splits(tiny_data)
     config = SMALL.replace(batch_size=32, baseline={"batch_size": 8})
-    baseline, _ = train_baseline(train, val, config.baseline, max_epochs=1, device="cpu",
-                                 progress=False)
+    baseline, _ = train_baseline(train, val, config.baseline, max_epochs=1, device="cpu")
     assert seen == [8]
-    train_cvae(train, val, baseline, config, max_epochs=1, device="cpu", progress=False)
+    train_cvae(train, val, baseline, config, max_epochs=1, device="cpu")
     assert seen == [8, 32]
 
 
 def test_cvae_patience_is_its_own(tiny_data):
     train, val = quadrant_splits(tiny_data)
     baseline, _ = train_baseline(train, val, BASE.replace(patience=1), max_epochs=1,
-                                 device="cpu", progress=False)
+                                 device="cpu")
     # a learning rate of ~0 never improves the validation loss after the first epoch
     config = SMALL.replace(lr=1e-12, patience=3)
-    _, history = train_cvae(train, val, baseline, config, max_epochs=10, device="cpu",
-                            progress=False)
+    _, history = train_cvae(train, val, baseline, config, max_epochs=10, device="cpu")
     assert history.num_epochs == 4 and history.best_epoch == 1
     _, history = train_cvae(train, val, baseline, config.replace(patience=1),
-                            max_epochs=10, device="cpu", progress=False)
+                            max_epochs=10, device="cpu")
     assert history.num_epochs == 2
 
 
@@ -335,41 +332,41 @@ def test_cvae_patience_is_its_own(tiny_data):
     # a rise after a small fall: the best epoch is the small fall's, stopped 3 epochs after 9
     (0.05, [10, 9, 8.98, 9.5, 9.4, 9.3, 9.2, 9.1], 5, 3),
 ])
-def test_min_delta_stops_a_run_whose_loss_only_creeps(min_delta, losses, stop, best):
-    module = torch.nn.Linear(1, 1, bias=False)  # its weight holds the epoch that trained it
-    epoch = 0
+def test_min_delta_stops_a_run_whose_loss_only_creeps(min_delta, losses, stop, best, tiny_data,
+                                                      monkeypatch):
+    """`train_cvae`'s early stopping on scripted validation losses: the run stops where the
+    rule says, and the weights kept are those validated in the best epoch."""
+    import cvae_utils.train as train_module
 
-    def start_epoch(e):
-        nonlocal epoch
-        epoch = e
-        with torch.no_grad():
-            module.weight.fill_(e)
+    train, val = quadrant_splits(tiny_data)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu")
+    validated = []
 
-    history = fit(module, step=lambda idx: 0.0, validate=lambda: losses[epoch - 1],
-                  num_train=16, batch_size=16, max_epochs=len(losses), patience=3, seed=0,
-                  min_delta=min_delta, start_epoch=start_epoch, progress=False)
+    def scripted(cvae, val, y_hat=None):
+        validated.append(copy.deepcopy(cvae.state_dict()))
+        return losses[len(validated) - 1]
+
+    monkeypatch.setattr(train_module, "validation_loss", scripted)
+    config = SMALL.replace(min_delta=min_delta, patience=3, kl_warmup_epochs=0)
+    cvae, history = train_cvae(train, val, baseline, config, max_epochs=len(losses),
+                               device="cpu")
     assert history.num_epochs == stop and history.best_epoch == best
     assert history.best_val_loss == min(losses[:stop])
-    assert module.weight.item() == best  # the weights of the lowest loss were loaded
-
-
-def test_fit_takes_keyword_arguments_only():
-    with pytest.raises(TypeError):
-        fit(torch.nn.Linear(1, 1), lambda idx: 0.0, lambda: 1.0, 16, 16, 1, 1, 0)
+    kept = validated[best - 1]
+    assert all(torch.equal(cvae.state_dict()[name], kept[name]) for name in kept)
 
 
 def test_min_delta_reaches_the_cvae_loop(tiny_data):
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu")
     config = SMALL.replace(patience=1)
-    _, falling = train_cvae(train, val, baseline, config, max_epochs=5, device="cpu",
-                            progress=False)
+    _, falling = train_cvae(train, val, baseline, config, max_epochs=5, device="cpu")
     # without a threshold the falling loss keeps resetting the patience (1) to the cap ...
     assert falling.num_epochs == 5 and falling.val_loss == sorted(falling.val_loss, reverse=True)
     # ... with one no fall can exceed (a billion nats), the patience runs out after epoch 2,
     # on the same losses
     _, history = train_cvae(train, val, baseline, config.replace(min_delta=1e9),
-                            max_epochs=5, device="cpu", progress=False)
+                            max_epochs=5, device="cpu")
     assert history.num_epochs == 2 and history.val_loss == falling.val_loss[:2]
 
 
@@ -390,10 +387,10 @@ def test_kl_warmup_is_capped_at_a_share_of_the_run(tiny_data, monkeypatch):
 
     monkeypatch.setattr(train_module, "KLWeight", Recording)
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu")
     # one step per epoch, four epochs: a warm-up of 10 is cut to 2, then the full weight
     config = SMALL.replace(kl_warmup_epochs=10, batch_size=len(train), patience=10)
-    train_cvae(train, val, baseline, config, max_epochs=4, device="cpu", progress=False)
+    train_cvae(train, val, baseline, config, max_epochs=4, device="cpu")
     assert list(dict.fromkeys(seen)) == [round(1 / 3, 6), round(2 / 3, 6), 1.0]
 
 
@@ -423,10 +420,9 @@ def test_joint_adam_matches_pyros_per_parameter_adam_and_decays(tiny_data, monke
     import cvae_utils.train as train_module
 
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu")
     config = SMALL.replace(lr_decay=0.5, patience=10)
-    joint, joint_history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu",
-                                      progress=False)
+    joint, joint_history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu")
     lrs = []
 
     def pyro_exponential_lr(lr, gamma):  # the reference: Pyro's per-tensor Adams
@@ -440,12 +436,11 @@ def test_joint_adam_matches_pyros_per_parameter_adam_and_decays(tiny_data, monke
         return optim
 
     monkeypatch.setattr(train_module, "JointAdam", pyro_exponential_lr)
-    ref, ref_history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu",
-                                  progress=False)
+    ref, ref_history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu")
     assert joint_history.val_loss == ref_history.val_loss
     for (name, a), (_, b) in zip(joint.state_dict().items(), ref.state_dict().items()):
         assert torch.equal(a, b), name
-    assert lrs == [{config.lr * 0.5}, {config.lr * 0.25}]
+    assert lrs == [{config.lr * 0.5}, {config.lr * 0.25}, {config.lr * 0.125}]  # every epoch
 
     # its own learning rate follows the same schedule; a later parameter joins the optimizer
     optim = JointAdam(1e-2, gamma=0.5)
@@ -473,9 +468,9 @@ def test_analytic_kl_loss_is_likelihood_plus_closed_form_kl(tiny_data, weight):
     train, _ = quadrant_splits(tiny_data)
     x, y = train.x[:8], train.y[:8]
     torch.manual_seed(0)
-    cvae = CVAE(BaselineNet(config.baseline), config)
+    cvae = build_cvae(BaselineNet(config.baseline), config)
     kl_weight = KLWeight(weight)
-    guide, elbo = train_module._objective(cvae, config, kl_weight)
+    guide, elbo = objective(cvae, config, kl_weight)
     assert type(elbo).__name__ == "TraceMeanField_ELBO"
     pyro.set_rng_seed(3)
     loss = elbo.differentiable_loss(kl_weight(cvae.model), guide, x, y)
@@ -487,7 +482,7 @@ def test_analytic_kl_loss_is_likelihood_plus_closed_form_kl(tiny_data, weight):
                     + weight * kl_divergence(q, p).sum())
     assert torch.allclose(loss.detach(), expected, rtol=1e-5)
     # the sampled-KL loss of the same draw differs (log q(z) - log p(z) is not the KL)
-    _, sampled = train_module._objective(cvae, SMALL, kl_weight)
+    _, sampled = objective(cvae, SMALL, kl_weight)
     pyro.set_rng_seed(3)
     assert not torch.allclose(sampled.differentiable_loss(kl_weight(cvae.model), guide, x, y),
                               expected, rtol=1e-5)
@@ -495,8 +490,11 @@ def test_analytic_kl_loss_is_likelihood_plus_closed_form_kl(tiny_data, weight):
 
 @pytest.mark.parametrize("every", [1, 3])
 def test_weight_average_follows_its_recursion_and_swaps_in_and_out(every):
-    w = torch.zeros(4)
-    average = WeightAverage([w], decay=0.9, every=every)
+    w = torch.nn.Parameter(torch.zeros(4))
+    frozen = torch.nn.Parameter(torch.zeros(4), requires_grad=False)  # not averaged
+    average = WeightAverage([w, frozen], decay=0.9, every=every)
+    assert average.params == [w]
+    w = w.data  # the optimiser's in-place steps
     expected, updates = w.clone(), 0
     for t in range(1, 41):
         w += float(t % 3) - 1.0 + 0.1 * t  # a step of the optimiser
@@ -523,12 +521,11 @@ def test_training_keeps_the_averaged_weights_it_validated(tiny_data):
     from cvae_utils.train import cvae_loss
 
     train, val = quadrant_splits(tiny_data)
-    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu", progress=False)
+    baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu")
     config = SMALL.replace(weight_average=0.9, patience=10)
-    averaged, history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu",
-                                   progress=False)
+    averaged, history = train_cvae(train, val, baseline, config, max_epochs=3, device="cpu")
     plain, plain_history = train_cvae(train, val, baseline, SMALL.replace(patience=10),
-                                      max_epochs=3, device="cpu", progress=False)
+                                      max_epochs=3, device="cpu")
     assert history.train_loss == plain_history.train_loss  # averaging does not change training
     assert history.val_loss != plain_history.val_loss      # but what is validated and kept
     kept = cvae_loss(averaged, val, seed=config.seed).mean().item()
