@@ -8,9 +8,11 @@ cell, cells run in order. A cell fails when it raises. Since there are no stored
 is compared (as with ``--nbval-lax``). The copies of executed notebooks that Jupyter Book writes
 under ``_build/`` are not collected.
 
-For these runs ``CVAE_BUDGET`` defaults to ``smoke`` (kernels inherit the environment) and the
-kernel is the Python running pytest, unless ``--nbval-kernel-name`` names another. Without
-``--nbval``/``--nbval-lax`` the plugin does nothing, so ``pytest tests/`` is unaffected.
+Every pytest run, with or without ``--nbval``, defaults ``CVAE_BUDGET`` to ``smoke`` (kernels and
+subprocesses inherit the environment), so that no test trains at the ``paper`` budget unless
+asked; tests of the default budget unset the variable themselves. With ``--nbval`` the kernel is
+the Python running pytest, unless ``--nbval-kernel-name`` names another. Without
+``--nbval``/``--nbval-lax`` the plugin collects nothing.
 """
 from __future__ import annotations
 
@@ -31,9 +33,9 @@ def _nbval_active(config) -> bool:
 
 
 def pytest_configure(config):
+    os.environ.setdefault("CVAE_BUDGET", "smoke")
     if not _nbval_active(config):
         return
-    os.environ.setdefault("CVAE_BUDGET", "smoke")
     if not config.option.nbval_kernel_name:
         config.option.nbval_current_env = True  # the kernel runs the Python that runs pytest
 

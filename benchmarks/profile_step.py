@@ -135,7 +135,7 @@ def main(argv=None):
     # (b) the CVAE step, as in train_cvae after its first epoch
     torch.manual_seed(config.seed)
     cvae = CVAE(BaselineNet(base_config).eval(), config)
-    cvae_step, _ = common.book_cvae_step(cvae, config, x, y, device)
+    cvae_step = common.book_cvae_step(cvae, config, x, y, device)
 
     batch = config.batch_size
     batches = list(iterate_minibatches(n, batch, torch.Generator().manual_seed(0)))

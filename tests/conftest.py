@@ -1,4 +1,5 @@
-"""Shared fixtures: a private copy of MNIST, tiny synthetic data, Pyro validation on."""
+"""Shared fixtures: a private copy of MNIST, tiny synthetic data, the small configs and budget
+the tests train with, Pyro validation on."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ import pyro
 import pytest
 import torch
 
+from cvae_utils.config import BaselineConfig, Budget, CVAEConfig, tutorial_config
 from cvae_utils.data import MNIST_FILES, MNISTData, Split, data_root
 
 SHARED_RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "MNIST" / "raw"
@@ -61,6 +63,27 @@ def synthetic_data(n_train=96, n_val=48, n_test=32, seed=0) -> MNISTData:
 @pytest.fixture
 def tiny_data() -> MNISTData:
     return synthetic_data()
+
+
+@pytest.fixture(scope="session")
+def tiny_budget() -> Budget:
+    """One epoch over all of `tiny_data` (96 training, 48 validation, 32 test images)."""
+    return Budget("smoke", num_train=96, num_val=48, num_test=32, max_epochs=1)
+
+
+@pytest.fixture(scope="session")
+def small_config() -> CVAEConfig:
+    """Networks of a few thousand weights, trained the tutorial's way (float32, no warm-up, no
+    average) in minibatches of 32: for tests that train or cache models on `tiny_data`."""
+    return tutorial_config().replace(
+        hidden_1=16, hidden_2=8, z_dim=3, batch_size=32,
+        baseline=BaselineConfig(hidden_1=16, hidden_2=8, batch_size=32, precision="fp32"))
+
+
+@pytest.fixture(scope="session")
+def toy_config() -> CVAEConfig:
+    """The book's recipe at toy size (hidden 16, z 3): untrained networks, shapes, plumbing."""
+    return CVAEConfig(hidden_1=16, hidden_2=16, z_dim=3)
 
 
 @pytest.fixture(autouse=True)

@@ -9,18 +9,15 @@ import pytest
 import torch
 
 from cvae_utils.complete import Completion, best_layout, complete_digit, draw_digit_strokes
-from cvae_utils.config import CVAEConfig
 from cvae_utils.data import input_mask
 from cvae_utils.networks import CVAE, BaselineNet
 from cvae_utils.plotting import plot_completion
 
-CONFIG = CVAEConfig(hidden_1=16, hidden_2=16, z_dim=3)
-
 
 @pytest.fixture(scope="module")
-def cvae() -> CVAE:
+def cvae(toy_config) -> CVAE:
     torch.manual_seed(0)
-    return CVAE(BaselineNet(CONFIG), CONFIG).eval()
+    return CVAE(BaselineNet(toy_config), toy_config).eval()
 
 
 @pytest.fixture
@@ -73,11 +70,11 @@ def test_mask_equal_to_a_layout_gives_that_layout(cvae, image):
     np.testing.assert_array_equal(by_mask.baseline, by_k.baseline)
 
 
-def test_mask_picks_models_by_best_layout_and_warns_when_far(image):
+def test_mask_picks_models_by_best_layout_and_warns_when_far(image, toy_config):
     models = {}
     for k in (1, 2, 3):
         torch.manual_seed(k)
-        models[k] = CVAE(BaselineNet(CONFIG), CONFIG).eval()
+        models[k] = CVAE(BaselineNet(toy_config), toy_config).eval()
     mask = input_mask(2).numpy().copy()
     mask[:3, 14:17] = True                       # the left half and a few more pixels
     assert best_layout(mask)[0] == 2

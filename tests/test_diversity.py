@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from cvae_utils.config import Budget, CVAEConfig
+from cvae_utils.config import Budget
 from cvae_utils.data import Split, make_quadrant_data
 from cvae_utils.diversity import (CRITERIA, AmbiguousInput, ambiguous_examples, assemble,
                                   class_histogram, diversity_frame, diversity_table,
@@ -123,14 +123,9 @@ def test_metrics_against_hand_computed_values(chunk_size):
     assert frame.loc["baseline: completion shows true digit", "1 quadrant"] == 0.5
 
 
-def tiny_cvae(seed: int = 0) -> CVAE:
-    torch.manual_seed(seed)
-    config = CVAEConfig(hidden_1=16, hidden_2=16, z_dim=3)
-    return CVAE(BaselineNet(config), config).eval()
-
-
-def test_seed_gives_identical_numbers_and_leaves_global_rng_alone(tiny_data):
-    cvae = tiny_cvae()
+def test_seed_gives_identical_numbers_and_leaves_global_rng_alone(tiny_data, toy_config):
+    torch.manual_seed(0)
+    cvae = CVAE(BaselineNet(toy_config), toy_config).eval()
     torch.manual_seed(0)
     classifier = nn.Sequential(nn.Linear(784, 10)).eval()
     state = torch.get_rng_state()
@@ -177,9 +172,9 @@ def test_find_ambiguous_and_figure():
         plot_identity_groups([])
 
 
-def test_diversity_table_on_tiny_cached_models(tiny_data, tmp_path):
+def test_diversity_table_on_tiny_cached_models(tiny_data, tmp_path, toy_config):
     budget = Budget("smoke", num_train=64, num_val=32, num_test=16, max_epochs=1)
-    config = CVAEConfig(hidden_1=16, hidden_2=16, z_dim=3, batch_size=32)
+    config = toy_config.replace(batch_size=32)
     classifier = nn.Sequential(nn.Linear(784, 10))
     frame = diversity_table((1, 3), config, budget, tiny_data, classifier, num_samples=3,
                             device="cpu", progress=False, cache=tmp_path)

@@ -11,13 +11,8 @@ import pytest
 
 import cvae_utils.cache as cache_module
 import cvae_utils.files as files
-from cvae_utils import BaselineConfig, Budget, trained_cvae, tutorial_config
+from cvae_utils import trained_cvae
 from cvae_utils.files import WriteError, check_writable, clean_stale_temporaries, write_atomically
-
-SMALL = tutorial_config().replace(
-    hidden_1=16, hidden_2=8, z_dim=3, batch_size=32,
-    baseline=BaselineConfig(hidden_1=16, hidden_2=8, batch_size=32, precision="fp32"))
-TINY = Budget("smoke", num_train=96, num_val=48, num_test=32, max_epochs=1)
 
 
 @pytest.fixture
@@ -29,30 +24,34 @@ def no_training(monkeypatch):
     monkeypatch.setattr(cache_module, "train_cvae", must_not_train)
 
 
-def test_a_cache_inside_a_regular_file_fails_before_any_training(tmp_path, tiny_data,
-                                                                  no_training):
+def test_a_cache_inside_a_regular_file_fails_before_any_training(tmp_path, tiny_data, no_training,
+                                                                  small_config, tiny_budget):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     with pytest.raises(WriteError, match="model cache cannot be used.*not a directory"):
-        trained_cvae(1, SMALL, TINY, tiny_data, device="cpu", cache=blocker / "models")
+        trained_cvae(1, small_config, tiny_budget, tiny_data, device="cpu",
+                     cache=blocker / "models")
 
 
-def test_a_cache_without_write_permission_fails_before_any_training(tmp_path, tiny_data,
-                                                                    no_training, monkeypatch):
+def test_a_cache_without_write_permission_fails_before_any_training(
+        tmp_path, tiny_data, no_training, monkeypatch, small_config, tiny_budget):
     def refused(*args, **kwargs):  # what a read-only directory answers (root would write)
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(files.tempfile, "mkstemp", refused)
     with pytest.raises(WriteError, match="model cache cannot be used.*permission denied"):
-        trained_cvae(1, SMALL, TINY, tiny_data, device="cpu", cache=tmp_path / "models")
+        trained_cvae(1, small_config, tiny_budget, tiny_data, device="cpu",
+                     cache=tmp_path / "models")
 
 
-def test_a_full_disk_fails_before_any_training(tmp_path, tiny_data, no_training, monkeypatch):
+def test_a_full_disk_fails_before_any_training(tmp_path, tiny_data, no_training, monkeypatch,
+                                                small_config, tiny_budget):
     usage = files.shutil.disk_usage(tmp_path)
     monkeypatch.setattr(files.shutil, "disk_usage",
                         lambda path: usage._replace(free=files.MIN_FREE_BYTES // 2))
     with pytest.raises(WriteError, match="MiB free .* needed"):
-        trained_cvae(1, SMALL, TINY, tiny_data, device="cpu", cache=tmp_path / "models")
+        trained_cvae(1, small_config, tiny_budget, tiny_data, device="cpu",
+                     cache=tmp_path / "models")
 
 
 def test_a_disk_that_fills_during_a_write_gives_one_clear_error(tmp_path):

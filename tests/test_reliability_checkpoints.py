@@ -8,16 +8,11 @@ import zipfile
 import pytest
 import torch
 
-from cvae_utils import BaselineConfig, Budget, trained_baseline, trained_cvae, tutorial_config
+from cvae_utils import trained_baseline, trained_cvae
 from cvae_utils.cache import (CheckpointError, checkpoint_path, load_checkpoint, model_key,
                               save_checkpoint)
 from cvae_utils.networks import BaselineNet
 from cvae_utils.train import History
-
-SMALL = tutorial_config().replace(
-    hidden_1=16, hidden_2=8, z_dim=3, batch_size=32,
-    baseline=BaselineConfig(hidden_1=16, hidden_2=8, batch_size=32, precision="fp32"))
-TINY = Budget("smoke", num_train=96, num_val=48, num_test=32, max_epochs=1)
 
 
 def tensor_data_span(path) -> tuple[int, int]:
@@ -34,23 +29,24 @@ def tensor_data_span(path) -> tuple[int, int]:
 
 
 @pytest.fixture
-def saved(tiny_data, cache_path):
-    trained_baseline(1, SMALL, TINY, tiny_data, device="cpu")
-    key = model_key("baseline", SMALL, TINY, 1)
+def saved(tiny_data, cache_path, small_config, tiny_budget):
+    trained_baseline(1, small_config, tiny_budget, tiny_data, device="cpu")
+    key = model_key("baseline", small_config, tiny_budget, 1)
     return key, checkpoint_path(key)
 
 
-def test_one_flipped_byte_inside_the_weights_is_detected(saved):
+def test_one_flipped_byte_inside_the_weights_is_detected(saved, small_config):
     key, path = saved
     start, size = tensor_data_span(path)
     data = bytearray(path.read_bytes())
     data[start + size // 2] ^= 0x01  # the lowest bit of one byte of one weight
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="damaged: its weights do not match the digest"):
-        load_checkpoint(path, key, BaselineNet(SMALL.baseline))
+        load_checkpoint(path, key, BaselineNet(small_config.baseline))
 
 
-def test_random_bytes_inside_the_weights_are_detected_and_the_model_retrained(saved, tiny_data):
+def test_random_bytes_inside_the_weights_are_detected_and_the_model_retrained(
+        saved, tiny_data, small_config, tiny_budget):
     key, path = saved
     start, size = tensor_data_span(path)
     data = bytearray(path.read_bytes())
@@ -58,33 +54,34 @@ def test_random_bytes_inside_the_weights_are_detected_and_the_model_retrained(sa
     data[start + 100:start + 1124] = bytes(noise.tolist())
     path.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="bad cached model.*damaged"):
-        model, _ = trained_baseline(1, SMALL, TINY, tiny_data, device="cpu")
+        model, _ = trained_baseline(1, small_config, tiny_budget, tiny_data, device="cpu")
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    load_checkpoint(path, key, BaselineNet(SMALL.baseline))  # rewritten: loads cleanly
+    load_checkpoint(path, key, BaselineNet(small_config.baseline))  # rewritten: loads cleanly
 
 
-def test_non_finite_weights_are_refused_even_with_a_matching_digest(saved):
+def test_non_finite_weights_are_refused_even_with_a_matching_digest(saved, small_config):
     key, path = saved
-    model = BaselineNet(SMALL.baseline)
+    model = BaselineNet(small_config.baseline)
     state = model.state_dict()
     state["net.0.weight"][0, 0] = float("nan")
     save_checkpoint(path, key, state, History())  # a valid file of NaN weights
     with pytest.raises(CheckpointError, match="not finite: net.0.weight"):
-        load_checkpoint(path, key, BaselineNet(SMALL.baseline))
+        load_checkpoint(path, key, BaselineNet(small_config.baseline))
 
 
-def test_a_file_without_a_digest_is_refused(saved):
+def test_a_file_without_a_digest_is_refused(saved, small_config):
     key, path = saved
     payload = torch.load(path, weights_only=True)
     del payload["digest"]
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="fields missing"):
-        load_checkpoint(path, key, BaselineNet(SMALL.baseline))
+        load_checkpoint(path, key, BaselineNet(small_config.baseline))
 
 
-def test_a_cvae_loaded_from_the_cache_knows_its_layout(tiny_data, cache_path):
-    cvae, _ = trained_cvae(2, SMALL, TINY, tiny_data, device="cpu")
-    loaded, _ = trained_cvae(2, SMALL, TINY, tiny_data, device="cpu")
+def test_a_cvae_loaded_from_the_cache_knows_its_layout(tiny_data, cache_path, small_config,
+                                                      tiny_budget):
+    cvae, _ = trained_cvae(2, small_config, tiny_budget, tiny_data, device="cpu")
+    loaded, _ = trained_cvae(2, small_config, tiny_budget, tiny_data, device="cpu")
     from cvae_utils import input_mask
 
     for model in (cvae, loaded, loaded.baseline):

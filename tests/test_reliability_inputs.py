@@ -6,19 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from cvae_utils import (BaselineConfig, QuadrantData, baseline_ncll, cll_table, complete_digit,
+from cvae_utils import (QuadrantData, baseline_ncll, cll_table, complete_digit,
                         cvae_importance_sampling, cvae_mc_prior, cvae_neg_elbo, make_quadrant_data,
-                        mask_quadrants, train_baseline, train_cvae, tutorial_config)
+                        mask_quadrants, train_baseline, train_cvae)
 from cvae_utils.tables import _check_quadrant_counts
 
-SMALL = tutorial_config().replace(
-    hidden_1=16, hidden_2=8, z_dim=3, batch_size=32,
-    baseline=BaselineConfig(hidden_1=16, hidden_2=8, batch_size=32, precision="fp32"))
 ESTIMATORS = [cvae_neg_elbo, cvae_mc_prior, cvae_importance_sampling]
 
 
 @pytest.fixture(scope="module")
-def models():
+def models(small_config):
     import sys
     from pathlib import Path
 
@@ -27,9 +24,10 @@ def models():
 
     data = synthetic_data()
     train, val = make_quadrant_data(data.train, 1), make_quadrant_data(data.val, 1)
-    baseline, _ = train_baseline(train, val, SMALL.baseline, max_epochs=1, device="cpu",
+    baseline, _ = train_baseline(train, val, small_config.baseline, max_epochs=1, device="cpu",
                                  progress=False)
-    cvae, _ = train_cvae(train, val, baseline, SMALL, max_epochs=1, device="cpu", progress=False)
+    cvae, _ = train_cvae(train, val, baseline, small_config, max_epochs=1, device="cpu",
+                         progress=False)
     return data, baseline, cvae
 
 
@@ -117,7 +115,7 @@ def test_complete_digit_refuses_a_model_of_another_layout(models):
     assert completion.samples.shape == (2, 28, 28)
 
 
-def test_a_layout_of_its_own_trains_and_is_then_required(models):
+def test_a_layout_of_its_own_trains_and_is_then_required(models, small_config):
     data, _, _ = models
     right = torch.zeros(28, 28, dtype=torch.bool)
     right[:, 14:] = True
@@ -128,7 +126,7 @@ def test_a_layout_of_its_own_trains_and_is_then_required(models):
         return QuadrantData(torch.where(flat, images, -1.0), torch.where(flat, -1.0, images),
                             split.labels, 2)
 
-    baseline, _ = train_baseline(masked(data.train), masked(data.val), SMALL.baseline,
+    baseline, _ = train_baseline(masked(data.train), masked(data.val), small_config.baseline,
                                  max_epochs=1, device="cpu", progress=False)
     assert baseline_ncll(baseline, masked(data.test)).mean > 0
     with pytest.raises(ValueError, match="trained for a layout of its own .392 input pixels"):
@@ -137,17 +135,17 @@ def test_a_layout_of_its_own_trains_and_is_then_required(models):
         baseline_ncll(baseline, make_quadrant_data(data.test, 2))
 
 
-def test_training_refuses_targets_in_0_255_before_it_starts(models):
+def test_training_refuses_targets_in_0_255_before_it_starts(models, small_config):
     data, baseline, _ = models
     train = make_quadrant_data(data.train, 1)
     scaled = QuadrantData(train.x, torch.where(train.y >= 0, train.y * 255, train.y),
                           train.labels, 1)
     with pytest.raises(ValueError, match="training data: y must hold pixels in \\[0, 1\\]"):
-        train_cvae(scaled, make_quadrant_data(data.val, 1), baseline, SMALL, max_epochs=1,
+        train_cvae(scaled, make_quadrant_data(data.val, 1), baseline, small_config, max_epochs=1,
                    device="cpu", progress=False)
     with pytest.raises(ValueError, match="trained for the 1-quadrant layout.*has the 2-quadrant layout"):
         train_cvae(make_quadrant_data(data.train, 2), make_quadrant_data(data.val, 2), baseline,
-                   SMALL, max_epochs=1, device="cpu", progress=False)
+                   small_config, max_epochs=1, device="cpu", progress=False)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -156,13 +154,13 @@ def test_training_refuses_targets_in_0_255_before_it_starts(models):
     ({"budget": "huge"}, ValueError, "unknown budget 'huge'"),
     ({"budget": " paper"}, ValueError, "did you mean 'paper'"),
 ])
-def test_the_cache_functions_explain_bad_arguments(kwargs, error, match, tmp_path):
+def test_the_cache_functions_explain_bad_arguments(kwargs, error, match, tmp_path, small_config):
     from cvae_utils import trained_cvae
 
     with pytest.raises(error, match=match):
         trained_cvae(1, **{"cache": tmp_path, "budget": "smoke", **kwargs})
     with pytest.raises(ValueError, match="the int 1, 2 or 3"):
-        trained_cvae(4, SMALL, "smoke", cache=tmp_path)
+        trained_cvae(4, small_config, "smoke", cache=tmp_path)
 
 
 def test_the_variants_budget_follows_the_same_rule_as_the_books(monkeypatch):
@@ -175,8 +173,8 @@ def test_the_variants_budget_follows_the_same_rule_as_the_books(monkeypatch):
     assert variants_budget().name == "quick"
 
 
-def test_an_unknown_device_is_named(tmp_path):
+def test_an_unknown_device_is_named(tmp_path, small_config):
     from cvae_utils import trained_cvae
 
     with pytest.raises(ValueError, match="unknown device 'cpux'"):
-        trained_cvae(1, SMALL, "smoke", device="cpux", cache=tmp_path)
+        trained_cvae(1, small_config, "smoke", device="cpux", cache=tmp_path)

@@ -103,8 +103,8 @@ def test_needs_follow_the_functions_a_chapter_calls():
     assert needs_of("plotting.plot_digits(x)") == set()
 
 
-def test_plan_finds_the_models_the_cache_holds(tiny_data, cache_path):
-    budget = Budget("smoke", num_train=96, num_val=48, num_test=32, max_epochs=1)
+def test_plan_finds_the_models_the_cache_holds(tiny_data, cache_path, tiny_budget):
+    budget = tiny_budget
     before = build_plan(budget, budget, chapters=[], config=SMALL)
     baseline = next(m for m in before.models if m.label == "baseline k=2" and "book" in m.groups)
     assert not baseline.cached
