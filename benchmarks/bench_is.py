@@ -26,7 +26,8 @@ import common
 from cvae_utils.config import book_config, tutorial_config
 from cvae_utils.data import QuadrantData
 from cvae_utils.evaluate import cvae_importance_sampling, standard_normal_noise
-from cvae_utils.networks import CVAE, BaselineNet
+from cvae_utils.networks import BaselineNet
+from cvae_utils.variant_models import build_cvae
 
 
 def parse_args(argv=None):
@@ -56,7 +57,7 @@ def main(argv=None):
     n = min(args.num_images, len(test_q))
     test_q = QuadrantData(test_q.x[:n], test_q.y[:n], test_q.labels[:n], args.quadrants)
     torch.manual_seed(0)
-    cvae = CVAE(BaselineNet(config.baseline).eval(), config).eval()
+    cvae = build_cvae(BaselineNet(config.baseline).eval(), config).eval()
     kwargs = {"num_samples": args.num_samples}
     if args.chunk_size is not None:
         kwargs["chunk_size"] = args.chunk_size

@@ -149,25 +149,25 @@ def book_cvae_step(cvae, config: CVAEConfig, x: torch.Tensor, y: torch.Tensor,
     """The CVAE's minibatch step as `train_cvae` runs it after its first epoch; returns
     ``step(idx)``, which trains ``cvae`` on the rows ``idx`` of ``x`` and ``y``.
 
-    The only code of the benchmarks that uses `cvae_utils.train`'s internals (`KLWeight`,
-    `_objective`, `_baseline_guesses`) and the optimizer wiring of `train_cvae` (`JointAdam`,
-    `WeightAverage`, autocast, Pyro's checks off): adapt it here when those change.
+    The only code of the benchmarks that repeats the wiring of `train_cvae` (`KLWeight`,
+    `objective`, `JointAdam`, `WeightAverage`, `autocast`, `frozen_guesses`, Pyro's checks off):
+    adapt it here when that changes.
     """
     from pyro.infer import SVI
 
     from cvae_utils.optim import JointAdam, WeightAverage
     from cvae_utils.speed import autocast
-    from cvae_utils.train import KLWeight, _baseline_guesses, _objective
+    from cvae_utils.train import KLWeight, frozen_guesses
+    from cvae_utils.variant_models import objective
 
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     kl_weight = KLWeight()
-    guide, loss = _objective(cvae, config, kl_weight)
+    guide, loss = objective(cvae, config, kl_weight)
     svi = SVI(kl_weight(cvae.model), guide, JointAdam(config.lr, gamma=config.lr_decay), loss)
-    average = WeightAverage([p for p in cvae.parameters() if p.requires_grad],
-                            config.weight_average, config.average_every)
-    precision = autocast(config.precision, device)
-    y_hat = _baseline_guesses(cvae, x)
+    average = WeightAverage(cvae.parameters(), config.weight_average, config.average_every)
+    precision = autocast(config.precision, device, cvae)
+    y_hat = frozen_guesses(cvae, x)
 
     def step(idx):
         with precision, pyro.validation_enabled(False):

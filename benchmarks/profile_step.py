@@ -25,7 +25,8 @@ from torch.profiler import ProfilerActivity, profile
 import common
 from cvae_utils.config import book_config, tutorial_config
 from cvae_utils.data import iterate_minibatches
-from cvae_utils.networks import CVAE, BaselineNet, masked_bce
+from cvae_utils.networks import BaselineNet, masked_bce
+from cvae_utils.variant_models import build_cvae
 from cvae_utils.speed import autocast, resolve_precision
 
 MATMUL_OPS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"}
@@ -115,7 +116,7 @@ def main(argv=None):
     torch.manual_seed(base_config.seed)
     baseline = BaselineNet(base_config)
     optimizer = torch.optim.Adam(baseline.parameters(), lr=base_config.lr, fused=True)
-    base_precision = autocast(base_config.precision, device)
+    base_precision = autocast(base_config.precision, device, baseline)
 
     def base_step(idx):
         with base_precision:
@@ -134,7 +135,7 @@ def main(argv=None):
 
     # (b) the CVAE step, as in train_cvae after its first epoch
     torch.manual_seed(config.seed)
-    cvae = CVAE(BaselineNet(base_config).eval(), config)
+    cvae = build_cvae(BaselineNet(base_config).eval(), config)
     cvae_step = common.book_cvae_step(cvae, config, x, y, device)
 
     batch = config.batch_size
