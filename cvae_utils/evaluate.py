@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
 from .data import QuadrantData, check_layout, check_quadrant_data
-from .networks import CVAE, NUM_PIXELS, BaselineNet, device_of, masked_bce
+from .networks import CVAE, BaselineNet, device_of, masked_bce
 from .train import baseline_loss
 
 __all__ = [
