@@ -12,7 +12,7 @@ from cvae_utils.complete import Completion, best_layout, complete_digit, draw_di
 from cvae_utils.config import CVAEConfig
 from cvae_utils.data import input_mask
 from cvae_utils.networks import CVAE, BaselineNet
-from cvae_utils.plotting import plot_completion
+from cvae_utils.plot_results import plot_completion
 
 CONFIG = CVAEConfig(hidden_1=16, hidden_2=16, z_dim=3)
 
