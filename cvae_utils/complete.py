@@ -18,8 +18,8 @@ input region are filled by output units that training never scored (the loss cov
 layout's output pixels), so expect them to be poor. When the match is below `MASK_MATCH_WARNING`
 (0.8) a `UserWarning` says so: the completion is then an extrapolation.
 
-`cvae_utils.plotting.plot_completion` shows a result; `draw_digit_strokes` draws a digit from a few pen strokes with
-numpy, so that the book can complete a digit that is in no data set.
+`cvae_utils.plot_results.plot_completion` shows a result; `draw_digit_strokes` draws a digit from
+a few pen strokes with numpy, so that the book can complete a digit that is in no data set.
 """
 from __future__ import annotations
 

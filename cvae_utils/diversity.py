@@ -32,7 +32,7 @@ strict to loose and says which one it used:
 3. ``"most varied"``: failing both, the inputs whose samples show the most distinct digits,
    grouped by the two digits read most often (the second group may be empty).
 
-`cvae_utils.plotting.plot_identity_groups` draws the result.
+`cvae_utils.plot_results.plot_identity_groups` draws the result.
 
 Randomness: all sampling happens inside `torch.random.fork_rng` after seeding with ``seed``, so the
 global random state is untouched and the same seed, chunk size and device give identical numbers;

@@ -73,7 +73,8 @@ def plot_quadrant_split(pairs: Mapping[int, tuple], num_images: int = 5) -> Figu
     axes = fig.subplots(len(pairs), 1, squeeze=False)[:, 0]
     for ax, (k, (x, y)) in zip(axes, pairs.items()):
         x, y = numpy_images(x)[:num_images], numpy_images(y)[:num_images]
-        interleaved = np.stack([x, y], axis=1).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)  # x0 y0 x1 y1 ...
+        # x0 y0 x1 y1 ...
+        interleaved = np.stack([x, y], axis=1).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
         show_tiles(ax, interleaved, 1, 2 * len(x),
                     col_labels=["x", "y"] * len(x) if ax is axes[0] else None,
                     row_labels=[f"k = {k}"])

@@ -42,9 +42,9 @@ def plot_cll_comparison(table, published=None) -> Figure:
     ``table``: the DataFrame of `cvae_utils.tables.cll_table` (rows by key: "baseline",
     "neg_elbo", "mc_prior", "importance", and "gap", which is not drawn; columns (inputs,
     statistic) with statistic "mean" and "stderr"). ``published``: optionally that of
-    `cvae_utils.tables.published_table`, each row placed at the estimator its "estimator" column
-    names. One axes per quadrant count; filled markers with 2-standard-error bars are this book's
-    numbers, hollow markers the published ones. Rows are picked by key, never by label.
+    `cvae_utils.published.published_table`, each row placed at the estimator its "estimator"
+    column names. One axes per quadrant count; filled markers with 2-standard-error bars are this
+    book's numbers, hollow markers the published ones. Rows are picked by key, never by label.
     """
     inputs = list(dict.fromkeys(table.columns.get_level_values("inputs")))
     keys = [key for key in ESTIMATOR_STYLE if key in table.index]
@@ -116,7 +116,7 @@ def plot_estimator_convergence(sweep, reference: float | None = None,
 def plot_variants(table) -> Figure:
     """The variants table as a dot plot: one panel per quadrant setting, one row per variant.
 
-    ``table``: the DataFrame of `cvae_utils.tables.variants_table` (rows by key, "baseline"
+    ``table``: the DataFrame of `cvae_utils.variants.variants_table` (rows by key, "baseline"
     first; labels and estimators in ``attrs``). Markers are means with error bars of two
     standard errors over test images; the row keyed "baseline" is grey (and a dashed line across
     the panel), rows estimated by Monte Carlo from the prior are hollow. The tick labels are the

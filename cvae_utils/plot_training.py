@@ -102,7 +102,8 @@ def _training_tiles(x, y, snapshot) -> tuple[np.ndarray, int, int]:
     n, num_samples = snapshot.shape[:2]
     samples = snapshot.astype(np.float32).reshape(n, num_samples, IMAGE_SIDE, IMAGE_SIDE) / 255.0
     tiles = np.concatenate([x[:, None], with_input(x, y)[:, None],
-                            with_input(x[:, None], samples)], axis=1).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+                            with_input(x[:, None], samples)], axis=1)
+    tiles = tiles.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
     return tiles, n, 2 + num_samples
 
 

@@ -110,7 +110,7 @@ def test_plot_quadrant_masks_labels_input_and_output_quadrants():
 
 def test_plot_quadrant_split_interleaves_x_and_y(quadrants):
     fig = plot_data.plot_quadrant_split({k: (q.x, q.y) for k, q in quadrants.items()},
-                                       num_images=4)
+                                        num_images=4)
     assert len(fig.axes) == 3
     for (k, q), ax in zip(quadrants.items(), fig.axes):
         canvas = image_of(ax)
@@ -139,14 +139,14 @@ def test_nearest_neighbours_and_most_ambiguous_on_planted_data():
 
 def test_plot_ambiguity_shows_input_neighbours_and_their_mean(tiny_data):
     fig = plot_data.plot_ambiguity(tiny_data.test.images[:2], tiny_data.train.images,
-                                  tiny_data.train.labels, num_quadrants=1, num_neighbours=4)
+                                   tiny_data.train.labels, num_quadrants=1, num_neighbours=4)
     assert len(fig.axes) == 2 * 6                                   # input + 4 + mean, 2 rows
     first_row = fig.axes[:6]
     x = image_of(first_row[0])
     assert (x[~input_mask(1).numpy()] == -1).all()
     assert first_row[1].get_title().startswith("a ") and first_row[-1].get_title() == "their mean"
     assert len(plot_data.plot_ambiguity(tiny_data.test.images[:1], tiny_data.train.images,
-                                       tiny_data.train.labels, show_mean=False).axes) == 8
+                                        tiny_data.train.labels, show_mean=False).axes) == 8
 
 
 # ---------------------------------------------------------------- training and samples
@@ -198,8 +198,8 @@ def test_baseline_completions_have_no_samples_and_plot_side_by_side(quadrants, s
 def test_plot_training_frame_draws_samples_beside_the_losses(quadrants):
     history = toy_history(num_epochs=3, n=2, num_samples=3)
     q = quadrants[2]
-    fig = plot_training.plot_training_frame(q.x[:2], q.y[:2], history.snapshots[1], history, epoch=2,
-                                       num_quadrants=2)
+    fig = plot_training.plot_training_frame(q.x[:2], q.y[:2], history.snapshots[1], history,
+                                            epoch=2, num_quadrants=2)
     assert len(fig.axes) == 2
     canvas = image_of(fig.axes[0])
     assert canvas.shape == tiled_shape(2, 2 + 3)
@@ -265,9 +265,9 @@ def test_plot_cll_comparison_picks_rows_by_key_not_label():
     """Labels that say the opposite of the keys change nothing in the figure."""
     misleading = {"baseline": "CVAE IS (S=100)", "importance": "NN baseline",
                   "gap": "CVAE -ELBO", "neg_elbo": "Performance gap"}
-    figures = [plot_results.plot_cll_comparison(table, published_table())
-               for table in (fake_table(), fake_table(labels=misleading))]
-    for ax, relabelled in zip(figures[0].axes, figures[1].axes):
+    drawn = [plot_results.plot_cll_comparison(table, published_table())
+             for table in (fake_table(), fake_table(labels=misleading))]
+    for ax, relabelled in zip(drawn[0].axes, drawn[1].axes):
         assert drawn_estimates(ax) == drawn_estimates(relabelled)
         assert [t.get_text() for t in ax.get_xticklabels()] == \
             [t.get_text() for t in relabelled.get_xticklabels()]
@@ -296,7 +296,7 @@ def test_training_frames_one_frame_per_epoch(quadrants):
     # each frame, drawn by updating the first epoch's figure, is the one a new figure would show
     for epoch in (2, 3):
         fresh = plot_training.plot_training_frame(q.x[:2], q.y[:2], history.snapshots[epoch - 1],
-                                             history, epoch, num_quadrants=1, dpi=40)
+                                                  history, epoch, num_quadrants=1, dpi=40)
         np.testing.assert_array_equal(frames[epoch - 1], figures.figure_to_array(fresh))
     with pytest.raises(ValueError, match="no snapshots"):
         animation.training_frames(History(train_loss=[1.0], val_loss=[1.0], seconds=[0.1]),
@@ -369,9 +369,9 @@ def test_book_figures_are_opaque_even_with_a_transparent_style():
     images = torch.rand(6, 784)
     with matplotlib.rc_context({"savefig.transparent": True, "figure.facecolor": "none",
                                 "axes.facecolor": "none"}):
-        figures = [plot_data.plot_digits(images, ncols=3), plot_maths.plot_graphical_models(),
-                   plot_maths.plot_estimator_intuition()]
-        for fig in figures:
+        drawn = [plot_data.plot_digits(images, ncols=3), plot_maths.plot_graphical_models(),
+                 plot_maths.plot_estimator_intuition()]
+        for fig in drawn:
             rgba = np.asarray(Image.open(io.BytesIO(fig._repr_png_())).convert("RGBA"))
             assert rgba[..., 3].min() == 255
             # the background is white, as in light mode (a corner pixel of the figure)
