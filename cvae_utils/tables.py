@@ -55,8 +55,11 @@ if TYPE_CHECKING:  # imported where used: pandas is slow to import
     import pandas as pd
 
 __all__ = [
-    "CLL_ROWS", "CLL_LABELS", "CLL_ESTIMATORS", "TABLE_CODE", "cll_labels", "table_key",
-    "table_paths", "make_table", "cll_table_key", "cll_table", "format_table",
+    "CLL_ROWS", "CLL_LABELS", "CLL_ESTIMATORS", "TABLE_CODE", "cll_labels", "cll_table_key",
+    "cll_table", "format_table",
+    # the machinery every table shares (`cvae_utils.variants.variants_table` uses it too)
+    "table_key", "table_paths", "make_table", "Scores", "store_table", "load_table", "say",
+    "check_quadrant_counts", "table_device",
 ]
 
 # the rows of `cll_table`, in order, with their labels (`cll_labels` adds the sample counts) and
@@ -140,7 +143,7 @@ def make_table(means: Mapping[str, Mapping], stderrs: Mapping[str, Mapping] | No
     return frame
 
 
-class _Scores:
+class Scores:
     """The means and standard errors of a table being computed, by row key and quadrant count."""
 
     def __init__(self, rows: Sequence[str]):
@@ -164,13 +167,15 @@ def _long_csv(frame: "pd.DataFrame", ks: Sequence[int]) -> str:
             label = quadrant_label(k)
             mean = float(frame.loc[row, (label, "mean")])
             stderr = float(frame.loc[row, (label, "stderr")])
+            output_pixels = NUM_PIXELS // 4 * (4 - k)                   # 196 per output quadrant
             writer.writerow([row, frame.attrs["labels"][row], frame.attrs["estimators"][row], k,
-                             label, repr(mean), repr(stderr), repr(mean / (NUM_PIXELS // 4 * (4 - k)))])
+                             label, repr(mean), repr(stderr), repr(mean / output_pixels)])
     return buffer.getvalue()
 
 
-def _store(paths: tuple[Path, Path], key: dict, scores: _Scores, frame: "pd.DataFrame") -> None:
-    """Write a computed table: the long CSV, then the JSON that `_load` reads."""
+def store_table(paths: tuple[Path, Path], key: dict, scores: Scores,
+                frame: "pd.DataFrame") -> None:
+    """Write a computed table: the long CSV, then the JSON that `load_table` reads."""
     csv_path, json_path = paths
     text = json.dumps({"key": key, "num_test": frame.attrs["num_test"],
                        "rows": list(frame.index), "labels": frame.attrs["labels"],
@@ -181,7 +186,7 @@ def _store(paths: tuple[Path, Path], key: dict, scores: _Scores, frame: "pd.Data
                                                                            encoding="utf-8"))
 
 
-def _load(json_path: Path, key: dict, index_name: str, what: str, progress: bool | None,
+def load_table(json_path: Path, key: dict, index_name: str, what: str, progress: bool | None,
           **attrs) -> "pd.DataFrame | None":
     """The table stored in ``json_path`` for ``key``, or None when there is none.
 
@@ -206,16 +211,17 @@ def _load(json_path: Path, key: dict, index_name: str, what: str, progress: bool
         warnings.warn(f"ignoring a bad cached {what} {json_path} and computing it again: "
                       f"{error}", stacklevel=3)
         return None
-    _say(progress, f"loaded the {what} from {json_path}")
+    say(progress, f"loaded the {what} from {json_path}")
     return frame
 
 
-def _say(progress: bool | None, message: str) -> None:
+def say(progress: bool | None, message: str) -> None:
+    """Print ``message`` to stderr if ``progress`` is true, or is None and stderr is a terminal."""
     if progress or (progress is None and sys.stderr.isatty()):
         print(message, file=sys.stderr, flush=True)
 
 
-def _check_quadrant_counts(num_quadrants: Sequence[int] | int) -> list[int]:
+def check_quadrant_counts(num_quadrants: Sequence[int] | int) -> list[int]:
     """The quadrant counts as a list; one count alone (``cll_table(1)``) stands for ``(1,)``."""
     if isinstance(num_quadrants, numbers.Integral) and not isinstance(num_quadrants, bool):
         num_quadrants = (num_quadrants,)
@@ -229,7 +235,8 @@ def _check_quadrant_counts(num_quadrants: Sequence[int] | int) -> list[int]:
     return ks
 
 
-def _device(device) -> torch.device:
+def table_device(device) -> torch.device:
+    """``device`` as a torch.device, or the default device (`cvae_utils.train.default_device`)."""
     return torch.device(device) if device is not None else default_device()
 
 
@@ -274,12 +281,12 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
     does not cover a custom ``data`` nor a model file replaced by hand: pass ``use_cache=False``
     to recompute. A later call with the same key loads the table without loading data or models.
     """
-    ks = _check_quadrant_counts(num_quadrants)
+    ks = check_quadrant_counts(num_quadrants)
     num_samples = check_num_samples(num_samples)
     elbo_samples = check_num_samples(elbo_samples, "elbo_samples")
     config = config if config is not None else CVAEConfig()
     budget = get_budget(budget)
-    device = _device(device)
+    device = table_device(device)
     key = cll_table_key(ks, config, budget, num_samples=num_samples, elbo_samples=elbo_samples,
                         seed=seed, device=device)
     paths = table_paths(key, cache)
@@ -287,13 +294,13 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
              "budget": budget.name, "num_samples": num_samples, "elbo_samples": elbo_samples,
              "seed": seed, "csv": str(paths[0]), "json": str(paths[1])}
     if use_cache:
-        cached = _load(paths[1], key, "method", "CLL table", progress, **attrs)
+        cached = load_table(paths[1], key, "method", "CLL table", progress, **attrs)
         if cached is not None:
             return cached
 
     data = data if data is not None else load_mnist()
     test_split = data.subset(budget).test
-    scores = _Scores(CLL_ROWS)
+    scores = Scores(CLL_ROWS)
     for k in ks:
         start = time.perf_counter()
         cvae, _ = trained_cvae(k, config, budget, data, device=device, progress=progress,
@@ -311,7 +318,7 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
                                                  num_samples, nn.num_output_pixels)}
         for row in CLL_ROWS:
             scores.record(row, k, estimates[row])
-        _say(progress, f"k={k}: " + ", ".join(f"{row} {scores.means[row][str(k)]:.2f}"
+        say(progress, f"k={k}: " + ", ".join(f"{row} {scores.means[row][str(k)]:.2f}"
                                               for row in CLL_ROWS)
              + f" ({time.perf_counter() - start:.1f} s, N={len(test)})")
         terminal.item_done("CLL table", ks.index(k) + 1, len(ks), f"k={k}, N={len(test)}: NN "
@@ -320,7 +327,7 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
     frame = make_table(scores.means, scores.stderrs, index_name="method",
                        **{**attrs, "num_test": len(test_split)})
     if use_cache:
-        _store(paths, key, scores, frame)
+        store_table(paths, key, scores, frame)
     return frame
 
 

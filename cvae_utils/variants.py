@@ -30,8 +30,8 @@ from .data import MNISTData, load_mnist, make_quadrant_data, quadrant_label
 from .evaluate import (DEFAULT_NUM_SAMPLES, baseline_ncll, check_num_samples,
                        cvae_importance_sampling, cvae_mc_prior)
 from .published import TORCHZQ_ABLATION
-from .tables import (TABLE_CODE, _check_quadrant_counts, _device, _load, _say, _Scores, _store,
-                     make_table, table_key, table_paths)
+from .tables import (TABLE_CODE, Scores, check_quadrant_counts, load_table, make_table, say,
+                     store_table, table_device, table_key, table_paths)
 
 if TYPE_CHECKING:  # imported where used: pandas is slow to import
     import pandas as pd
@@ -217,14 +217,14 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
     if not keys or len(set(keys)) != len(keys):
         raise ValueError(f"keys must list distinct variants among {', '.join(VARIANTS)}, got "
                          f"{tuple(keys)!r}")
-    ks = _check_quadrant_counts(num_quadrants)
+    ks = check_quadrant_counts(num_quadrants)
     num_samples = check_num_samples(num_samples)
     if estimator not in VARIANT_ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of "
                          f"{', '.join(VARIANT_ESTIMATORS)}")
     base = base if base is not None else CVAEConfig()
     budget = variants_budget(budget)
-    device = _device(device)
+    device = table_device(device)
     key = variants_table_key(keys, ks, base, budget, num_samples=num_samples,
                              estimator=estimator, seed=seed, device=device)
     rows, estimators = key["rows"], key["estimators"]  # decided once, by the key
@@ -236,13 +236,13 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
              "num_samples": num_samples, "estimator": estimator, "seed": seed,
              "csv": str(paths[0]), "json": str(paths[1])}
     if use_cache:
-        cached = _load(paths[1], key, "variant", "variants table", progress, **attrs)
+        cached = load_table(paths[1], key, "variant", "variants table", progress, **attrs)
         if cached is not None:
             return cached
 
     data = data if data is not None else load_mnist()
     test_split = data.subset(budget).test
-    scores = _Scores(rows)
+    scores = Scores(rows)
     estimate_fns = {"importance": cvae_importance_sampling, "mc_prior": cvae_mc_prior}
     for k in ks:
         test = make_quadrant_data(test_split, k)                         # (num_test, 784) each
@@ -256,7 +256,7 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
             cvae, _ = trained_cvae(k, configs[name], budget, data, device=device,
                                    progress=progress, use_cache=use_cache, cache=cache)
             scores.record(name, k, estimate_fns[estimators[name]](cvae, test, num_samples, seed))
-            _say(progress, f"k={k} {labels[name]}: {scores.means[name][str(k)]:.2f} "
+            say(progress, f"k={k} {labels[name]}: {scores.means[name][str(k)]:.2f} "
                            f"({time.perf_counter() - start:.1f} s, N={len(test)})")
             terminal.item_done("variants", ks.index(k) * len(keys) + keys.index(name) + 1,
                                len(ks) * len(keys), f"k={k} {name}: "
@@ -265,7 +265,7 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
     frame = make_table(scores.means, scores.stderrs, index_name="variant",
                        **{**attrs, "num_test": len(test_split)})
     if use_cache:
-        _store(paths, key, scores, frame)
+        store_table(paths, key, scores, frame)
     return frame
 
 
