@@ -28,6 +28,7 @@ __all__ = ["ESTIMATOR_STYLE", "plot_cll_comparison", "plot_estimator_convergence
 # ------------------------------------------------------------------------------------------------
 # Chapter "Evaluation"
 # ------------------------------------------------------------------------------------------------
+
 ESTIMATOR_STYLE = {  # row key of the CLL table: (label, colour, marker)
     "baseline": ("NN baseline", "#666666", "o"),
     "neg_elbo": ("CVAE $-$ELBO", "#7570b3", "s"),
@@ -113,6 +114,7 @@ def plot_estimator_convergence(sweep, reference: float | None = None,
 # ------------------------------------------------------------------------------------------------
 # Chapter "Variants of the model"
 # ------------------------------------------------------------------------------------------------
+
 def plot_variants(table) -> Figure:
     """The variants table as a dot plot: one panel per quadrant setting, one row per variant.
 
@@ -160,6 +162,7 @@ def plot_variants(table) -> Figure:
 # ------------------------------------------------------------------------------------------------
 # Chapter "Beyond the table"
 # ------------------------------------------------------------------------------------------------
+
 def plot_identity_groups(inputs: Sequence["AmbiguousInput"], max_per_group: int = 5,
                          show_truth: bool = True) -> Figure:
     """One row per ambiguous input: the input, its true image, then its samples by digit read.
