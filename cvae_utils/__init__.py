@@ -4,16 +4,21 @@ Modules follow the book's story (`ARCHITECTURE.md` has a paragraph on each): `co
 (hyperparameters and budgets), `data` (MNIST, splits, quadrant masking), `networks` (baseline,
 encoders, decoder, the Pyro model and guide), `train` (the training loops), `optim` and `speed`
 (the optimiser, the weight average, the precision), `cache` (trained models shared between
-chapters), `evaluate` (the CLL estimators), `tables` (the CLL and variants tables), `variants`,
-`plotting` and `animation` (figures), and beyond the tutorial `classifier`, `diversity` (how
-often samples change the digit) and `complete` (completing any partial digit). Run
+chapters), `evaluate` (the CLL estimators), `tables` (the CLL table and what every table
+shares), `variants` (the variants, their table and its scoring), `published` (every published
+number, with its source), `analysis` (nearest neighbours and completions, what some figures
+show), `figures` (what every figure shares) with the figures of each group of chapters in
+`plot_data`, `plot_training`, `plot_maths` and `plot_results`, `animation`, and beyond the
+tutorial `classifier`, `diversity` (how often samples change the digit) and `complete`
+(completing any partial digit). Run
 ``python -m cvae_utils train --help`` to pre-train models. The build of the book has its own
 modules: `bookbuild` (the Sphinx extension), `buildplan` (what a build will train, and how long),
 `kernel_launcher` (the chapters' kernels, without transport noise) and `terminal` (the progress
 lines that training and the tables write to the build's terminal).
 
-This namespace holds what the chapters and the README use; everything else is imported from its
-module.
+This namespace holds what the chapters and the README use, except the figures, which are imported
+from their modules (so that importing the package does not import matplotlib); everything else
+is imported from its module.
 """
 from .cache import trained_baseline, trained_cvae
 from .classifier import classifier_accuracy, trained_classifier
@@ -25,9 +30,9 @@ from .data import (MNISTData, MNISTDataError, MNISTNotFoundError, QuadrantData, 
 from .diversity import ambiguous_examples, diversity_table, find_ambiguous, identity_diversity
 from .evaluate import (baseline_ncll, cvae_importance_sampling, cvae_mc_prior, cvae_neg_elbo)
 from .networks import CVAE, BaselineNet, Decoder, Encoder, masked_bce
-from .tables import cll_table, format_table, variants_table
+from .tables import cll_table, format_table
 from .train import History, train_baseline, train_cvae
-from .variants import VARIANTS, torchzq_ablation, variant_config, variants_budget
+from .variants import VARIANTS, torchzq_ablation, variant_config, variants_budget, variants_table
 
 __version__ = "0.2.0"
 

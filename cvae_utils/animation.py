@@ -2,7 +2,7 @@
 
 Chapter "Training, animated" uses this. `training_frames` turns ``history.snapshots`` (the
 completions of a few fixed test inputs, recorded after every epoch with fixed noise) into RGB
-frames, each drawn by `cvae_utils.plotting.plot_training_frame` beside the loss curves.
+frames, each drawn by `cvae_utils.plot_training.plot_training_frame` beside the loss curves.
 `write_gif` writes them with imageio (Pillow) and `write_mp4` with ffmpeg when imageio can reach
 one (imageio-ffmpeg or PyAV installed); otherwise it returns None and the book shows the GIF only.
 Both write atomically (`cvae_utils.files.write_atomically`), so a reader never sees half a file.
@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .figures import figure_to_array
 from .files import write_atomically
+from .plot_training import plot_training_frame, update_training_frame
 
 __all__ = ["training_frames", "write_gif", "write_mp4", "mp4_available", "save_animation"]
 
@@ -25,8 +27,6 @@ def training_frames(history, x, y, num_quadrants: int, dpi: int = 80) -> np.ndar
     ``history``: a CVAE `History` with ``snapshots`` (epochs, n, S, 784); ``x``, ``y``: the n
     recorded inputs and their true outputs, (n, 784) with -1 where a pixel is not theirs.
     """
-    from .plotting import figure_to_array, plot_training_frame, update_training_frame
-
     if history.snapshots is None:
         raise ValueError("this history has no snapshots: it is not a CVAE training history")
     snapshots = history.snapshots

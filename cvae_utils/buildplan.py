@@ -362,7 +362,7 @@ def _scoring(budget: Budget, variants: Budget, config: CVAEConfig, directory, ne
         out.append((f"CLL table, 3 x {budget.num_test:,} test images",
                     2.1 * 3 * budget.num_test * per_image))
     keys = list(variants_module.VARIANTS)
-    key = tables.variants_table_key(keys, QUADRANTS, config, variants)
+    key = variants_module.variants_table_key(keys, QUADRANTS, config, variants)
     if "variants_table" in needs and not tables.table_paths(key, directory)[1].exists():
         out.append((f"variants table, {3 * len(keys)} x {variants.num_test:,} test images",
                     3 * len(keys) * variants.num_test * per_image))

@@ -26,8 +26,8 @@ from torch import nn
 
 from .cache import cached_model, checkpoint_path, model_key
 from .config import Budget, ClassifierConfig, get_budget
-from .data import IMAGE_SIZE, MNISTData, Split, iterate_minibatches, load_mnist
-from .networks import NUM_PIXELS, device_of
+from .data import IMAGE_SIDE, NUM_PIXELS, MNISTData, Split, iterate_minibatches, load_mnist
+from .networks import device_of
 from .speed import flush_denormals
 from .train import EVAL_CHUNK, History, _device
 
@@ -67,7 +67,7 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     n = images.shape[0]
     padded = F.pad(images, (max_shift,) * 4)                       # (n, 28 + 2s, 28 + 2s)
     offsets = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator).to(images.device)
-    grid = torch.arange(IMAGE_SIZE, device=images.device)
+    grid = torch.arange(IMAGE_SIDE, device=images.device)
     rows = (offsets[0, :, None] + grid)[:, :, None]                 # (n, 28, 1)
     cols = (offsets[1, :, None] + grid)[:, None, :]                 # (n, 1, 28)
     batch = torch.arange(n, device=images.device)[:, None, None]    # (n, 1, 1)
@@ -101,7 +101,7 @@ def train_classifier(data: MNISTData, config: ClassifierConfig | None = None,
         raise ValueError("train_classifier needs at least one training and one validation image")
     flush_denormals()
     train, val = data.train.to(device), data.val.to(device)
-    images = train.images.reshape(len(train), IMAGE_SIZE, IMAGE_SIZE)   # (N, 28, 28)
+    images = train.images.reshape(len(train), IMAGE_SIDE, IMAGE_SIDE)   # (N, 28, 28)
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(config.seed)  # weights and dropout
@@ -183,7 +183,7 @@ def digit_probabilities(model: nn.Module, images: torch.Tensor,
     """
     images = torch.as_tensor(images)
     if images.dim() not in (2, 3) or images.shape[1:] not in ((NUM_PIXELS,),
-                                                              (IMAGE_SIZE, IMAGE_SIZE)):
+                                                              (IMAGE_SIDE, IMAGE_SIDE)):
         raise ValueError(f"images must be (n, 784) or (n, 28, 28), got {tuple(images.shape)}")
     if len(images) == 0:
         return torch.empty(0, NUM_CLASSES)

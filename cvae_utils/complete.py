@@ -18,8 +18,8 @@ input region are filled by output units that training never scored (the loss cov
 layout's output pixels), so expect them to be poor. When the match is below `MASK_MATCH_WARNING`
 (0.8) a `UserWarning` says so: the completion is then an extrapolation.
 
-`cvae_utils.plotting.plot_completion` shows a result; `draw_digit_strokes` draws a digit from a few pen strokes with
-numpy, so that the book can complete a digit that is in no data set.
+`cvae_utils.plot_results.plot_completion` shows a result; `draw_digit_strokes` draws a digit from
+a few pen strokes with numpy, so that the book can complete a digit that is in no data set.
 """
 from __future__ import annotations
 
@@ -32,14 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import check_layout, check_num_quadrants, input_mask
+from .data import IMAGE_SIDE, NUM_PIXELS, check_layout, check_num_quadrants, input_mask
 from .diversity import assemble, sample_completions
-from .networks import NUM_PIXELS, device_of
+from .networks import device_of
 
 __all__ = ["Completion", "complete_digit", "best_layout", "draw_digit_strokes", "DIGIT_STROKES",
            "MASK_MATCH_WARNING"]
 
-SIDE = 28
 MASK_MATCH_WARNING = 0.8  # below this intersection over union with a layout, warn
 
 # Pen strokes of a few digits: polylines of (column, row) points in pixel coordinates of a 28 x 28
@@ -91,11 +90,11 @@ def _check_image(image) -> np.ndarray:
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"image must hold numbers, got dtype {array.dtype}; pass a float array "
                          f"with values in [0, 1]")
-    if array.shape not in ((SIDE, SIDE), (NUM_PIXELS,)):
+    if array.shape not in ((IMAGE_SIDE, IMAGE_SIDE), (NUM_PIXELS,)):
         raise ValueError(f"image must be one 28 x 28 image or 784 flattened pixels, got shape "
                          f"{array.shape}; for a batch call complete_digit once per image, and "
                          f"resize other sizes to 28 x 28 first")
-    array = array.astype(np.float64).reshape(SIDE, SIDE)
+    array = array.astype(np.float64).reshape(IMAGE_SIDE, IMAGE_SIDE)
     if not np.isfinite(array).all():
         raise ValueError(f"image has {int((~np.isfinite(array)).sum())} NaN or infinite pixels; "
                          f"replace them (e.g. np.nan_to_num(image)) before completing it")
@@ -114,10 +113,10 @@ def _check_mask(known_mask) -> np.ndarray:
     if mask.dtype != bool:
         raise ValueError(f"known_mask must be boolean (True = known pixel), got dtype "
                          f"{mask.dtype}; convert it, e.g. known_mask=mask > 0.5")
-    if mask.shape not in ((SIDE, SIDE), (NUM_PIXELS,)):
+    if mask.shape not in ((IMAGE_SIDE, IMAGE_SIDE), (NUM_PIXELS,)):
         raise ValueError(f"known_mask must have shape (28, 28) like the image (or (784,)), got "
                          f"{mask.shape}")
-    mask = mask.reshape(SIDE, SIDE)
+    mask = mask.reshape(IMAGE_SIDE, IMAGE_SIDE)
     if not mask.any():
         raise ValueError("known_mask has no known pixel: there is nothing to complete from; set "
                          "True where the image's pixels are given")
@@ -204,7 +203,7 @@ def complete_digit(image, num_quadrants: int | None = None, known_mask=None, *,
     guess = assemble(x, baseline_k(x.to(device_of(baseline_k))).cpu().float())    # (1, 784)
 
     def image(pixels: torch.Tensor) -> np.ndarray:  # (..., 784) -> (..., 28, 28) float32
-        return pixels.reshape(*pixels.shape[:-1], SIDE, SIDE).numpy().astype(np.float32)
+        return pixels.reshape(*pixels.shape[:-1], IMAGE_SIDE, IMAGE_SIDE).numpy().astype(np.float32)
 
     return Completion(image=array, known_mask=mask.copy(), x=image(x)[0],
                       baseline=image(guess)[0], samples=image(samples[:, 0]), num_quadrants=k,
@@ -212,7 +211,7 @@ def complete_digit(image, num_quadrants: int | None = None, known_mask=None, *,
 
 
 def draw_digit_strokes(strokes: str | Sequence[Sequence[tuple[float, float]]] = "7",
-                       thickness: float = 2.5, size: int = SIDE) -> np.ndarray:
+                       thickness: float = 2.5, size: int = IMAGE_SIDE) -> np.ndarray:
     """Draw pen strokes into a (size, size) float32 image in [0, 1] with anti-aliased edges.
 
     ``strokes``: a key of `DIGIT_STROKES` ("1", "4", "7") or polylines of (column, row) points

@@ -25,11 +25,14 @@ from typing import Iterator
 
 import torch
 
+from .files import write_atomically
+
 __all__ = [
     "MNIST_FILES", "MNISTNotFoundError", "Split", "MNISTData", "QuadrantData", "data_root",
     "load_mnist", "check_num_quadrants", "input_mask", "mask_quadrants", "make_quadrant_data",
     "iterate_minibatches", "VALIDATION_SEED", "MNIST_MD5", "MNIST_SHA256", "MNISTDataError",
-    "check_quadrant_data", "check_layout", "describe_layout",
+    "check_quadrant_data", "check_layout", "describe_layout", "IMAGE_SIDE", "NUM_PIXELS",
+    "quadrant_label",
 ]
 
 MNIST_FILES = (
@@ -53,8 +56,9 @@ MNIST_SHA256 = {
 }
 NUM_VAL = 10_000        # validation images held out of the 60,000 training images
 VALIDATION_SEED = 2015  # fixes which 10,000 images are validation, whatever the config's seed
-IMAGE_SIZE = 28
-HALF = IMAGE_SIZE // 2
+IMAGE_SIDE = 28                     # MNIST images are IMAGE_SIDE x IMAGE_SIDE pixels
+NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE  # 784, the length of a flattened image
+HALF = IMAGE_SIDE // 2              # the side of a quadrant
 
 
 class MNISTNotFoundError(FileNotFoundError):
@@ -118,8 +122,6 @@ def _digest(path: Path, algorithm: str) -> str:
 
 def _extract(gz: Path, target: Path) -> None:
     """Decompress a verified ``.gz`` next to ``target``, then rename it into place."""
-    from .files import write_atomically
-
     def write(tmp: Path) -> None:
         with gzip.open(gz, "rb") as source, open(tmp, "wb") as out:
             shutil.copyfileobj(source, out, 1 << 22)
@@ -222,6 +224,13 @@ def check_num_quadrants(num_quadrants) -> int:
     return int(num_quadrants)
 
 
+def quadrant_label(num_quadrants: int, word: str = "") -> str:
+    """The name of a quadrant count: "1 quadrant", "2 quadrants", "3 quadrants" (the columns of
+    the tables); with ``word="input"``, "1 input quadrant" and so on (the figures' titles)."""
+    k = check_num_quadrants(num_quadrants)
+    return f"{k} {word + ' ' if word else ''}quadrant" + ("s" if k > 1 else "")
+
+
 def input_mask(num_quadrants: int, device=None) -> torch.Tensor:
     """(28, 28) boolean mask of the input pixels x for k input quadrants.
 
@@ -229,7 +238,7 @@ def input_mask(num_quadrants: int, device=None) -> torch.Tensor:
     The output pixels y are the complement.
     """
     k = check_num_quadrants(num_quadrants)
-    mask = torch.zeros(IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool, device=device)
+    mask = torch.zeros(IMAGE_SIDE, IMAGE_SIDE, dtype=torch.bool, device=device)
     mask[HALF:, :HALF] = True          # bottom-left, always an input
     if k >= 2:
         mask[:HALF, :HALF] = True      # top-left
@@ -255,9 +264,9 @@ def mask_quadrants(images: torch.Tensor, num_quadrants: int):
     if images.dim() != 3 and images.dim() != 2:
         raise ValueError(f"images must be (N, 28, 28) or (N, 784), got shape {tuple(images.shape)}")
     x_mask = input_mask(num_quadrants, device=images.device)
-    if images.shape[1:] == (IMAGE_SIZE * IMAGE_SIZE,):
+    if images.shape[1:] == (NUM_PIXELS,):
         x_mask = x_mask.reshape(-1)
-    elif images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+    elif images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise ValueError(f"images must be (N, 28, 28) or (N, 784), got shape {tuple(images.shape)}")
     y_mask = ~x_mask
     missing = torch.tensor(-1.0, dtype=images.dtype, device=images.device)
@@ -314,7 +323,7 @@ def check_quadrant_data(x: torch.Tensor, y: torch.Tensor | None,
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{what}: {name} must be a torch.Tensor, got "
                             f"{type(tensor).__name__}; {how}")
-        if tensor.dim() != 2 or tensor.shape[1] != IMAGE_SIZE * IMAGE_SIZE or len(tensor) == 0:
+        if tensor.dim() != 2 or tensor.shape[1] != NUM_PIXELS or len(tensor) == 0:
             raise ValueError(f"{what}: {name} must be (N, 784) with N >= 1, got "
                              f"{tuple(tensor.shape)}; {how}")
         if tensor.dtype != torch.float32:

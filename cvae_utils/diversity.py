@@ -32,7 +32,7 @@ strict to loose and says which one it used:
 3. ``"most varied"``: failing both, the inputs whose samples show the most distinct digits,
    grouped by the two digits read most often (the second group may be empty).
 
-`cvae_utils.plotting.plot_identity_groups` draws the result.
+`cvae_utils.plot_results.plot_identity_groups` draws the result.
 
 Randomness: all sampling happens inside `torch.random.fork_rng` after seeding with ``seed``, so the
 global random state is untouched and the same seed, chunk size and device give identical numbers;
@@ -53,9 +53,9 @@ from torch import nn
 from .cache import trained_cvae
 from .classifier import NUM_CLASSES, digit_probabilities, predict_digits, trained_classifier
 from .config import Budget, CVAEConfig, get_budget
-from .data import (MNISTData, Split, check_num_quadrants, load_mnist, make_quadrant_data,
-                   mask_quadrants)
-from .networks import NUM_PIXELS, device_of
+from .data import (IMAGE_SIDE, NUM_PIXELS, MNISTData, Split, check_num_quadrants, load_mnist,
+                   make_quadrant_data, mask_quadrants)
+from .networks import device_of
 
 if TYPE_CHECKING:  # imported where used: pandas is slow to import
     import pandas as pd
@@ -89,7 +89,7 @@ def assemble(x: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
     (S, N, 784) for inputs (N, 784). Returns the broadcast shape, e.g. (S, N, 784).
     """
     x, y_pred = torch.as_tensor(x), torch.as_tensor(y_pred)
-    if x.shape[-1:] != (NUM_PIXELS,) and x.shape[-2:] != (28, 28):
+    if x.shape[-1:] != (NUM_PIXELS,) and x.shape[-2:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise ValueError(f"x must end in 784 pixels or 28 x 28, got shape {tuple(x.shape)}")
     image_dims = 1 if x.shape[-1] == NUM_PIXELS else 2
     if y_pred.shape[-image_dims:] != x.shape[-image_dims:]:
@@ -349,7 +349,7 @@ def find_ambiguous(cvae, classifier: nn.Module, split: Split, num_quadrants: int
                     score = (min(counts[row, a], counts[row, b]).item(),
                              (counts[row, a] + counts[row, b]).item(), -(start + row))
                     groups = {d: completed[:, row][sure[row] & (classes[row] == d)]
-                              .reshape(-1, 28, 28).numpy() for d in pair}
+                              .reshape(-1, IMAGE_SIDE, IMAGE_SIDE).numpy() for d in pair}
                     row_counts = {d: int(c) for d, c in enumerate(counts[row].tolist()) if c}
                     candidates[pair].append((score, start + row, groups, row_counts,
                                              int((~sure[row]).sum())))
@@ -364,7 +364,7 @@ def find_ambiguous(cvae, classifier: nn.Module, split: Split, num_quadrants: int
                 continue
             used.add(index)
             kept += 1
-            image = split.images[index].reshape(28, 28).cpu()
+            image = split.images[index].reshape(IMAGE_SIDE, IMAGE_SIDE).cpu()
             x_image, _, _, _ = mask_quadrants(image[None], k)
             chosen.append(AmbiguousInput(index, int(labels[index]), pair, k, image.numpy(),
                                          x_image[0].numpy(), groups, row_counts, unsure))
@@ -403,12 +403,13 @@ def _most_varied(cvae, classifier: nn.Module, split: Split, k: int, num_samples:
     for index in order:
         ranked = sorted(range(NUM_CLASSES), key=lambda d: (-int(counts[index, d]), d))
         pair = (ranked[0], ranked[1])
-        groups = {d: completed[:, index][classes[index] == d].reshape(-1, 28, 28).numpy()
+        groups = {d: completed[:, index][classes[index] == d]
+                  .reshape(-1, IMAGE_SIDE, IMAGE_SIDE).numpy()
                   for d in pair}
         chosen.append(AmbiguousInput(
             index, int(split.labels[index]), pair, k,
-            split.images[index].reshape(28, 28).cpu().numpy(),
-            x[index].reshape(28, 28).numpy(), groups,
+            split.images[index].reshape(IMAGE_SIDE, IMAGE_SIDE).cpu().numpy(),
+            x[index].reshape(IMAGE_SIDE, IMAGE_SIDE).numpy(), groups,
             {d: int(c) for d, c in enumerate(counts[index].tolist()) if c}))
     return chosen
 

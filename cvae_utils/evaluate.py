@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
 from .data import QuadrantData, check_layout, check_quadrant_data
-from .networks import CVAE, NUM_PIXELS, BaselineNet, device_of, masked_bce
+from .data import NUM_PIXELS
+from .networks import CVAE, BaselineNet, device_of, masked_bce
 from .speed import decoder_hidden
 from .train import baseline_loss
 

@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import input_mask
+from .classifier import DigitClassifier
+from .data import NUM_PIXELS, input_mask
 from .files import write_atomically
-from .networks import CVAE, NUM_PIXELS, BaselineNet, Decoder, Encoder, fill_missing
+from .networks import CVAE, BaselineNet, Decoder, Encoder, fill_missing
 
 __all__ = ["export_model", "export_cvae", "round_weights_float16", "torch_completions",
            "onnx_completions", "load_onnx_cvae", "MANIFEST_NAME", "CVAE_FILES", "MIN_CAST_SIZE"]
@@ -80,8 +81,6 @@ class _GenerationProbs(nn.Module):
 
 def _program(module: nn.Module):
     """(program, example inputs, input names, output names) for a network of the package."""
-    from .classifier import DigitClassifier
-
     x = torch.full((2, NUM_PIXELS), -1.0)
     if isinstance(module, BaselineNet):
         return _BaselineProbs(module), (x,), ["x"], ["probs"]

@@ -20,15 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BaselineConfig, CVAEConfig
+from .data import IMAGE_SIDE, NUM_PIXELS
 
 __all__ = ["BaselineNet", "Encoder", "Decoder", "CVAE", "masked_bce", "fill_missing", "device_of",
-           "NUM_PIXELS", "MODEL_FIELDS"]
-
-NUM_PIXELS = 784
+           "MODEL_FIELDS"]
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], NUM_PIXELS) if t.shape[-2:] == (28, 28) else t
+    return t.reshape(t.shape[0], NUM_PIXELS) if t.shape[-2:] == (IMAGE_SIDE, IMAGE_SIDE) else t
 
 
 def device_of(module: nn.Module) -> torch.device:

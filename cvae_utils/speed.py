@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import NUM_PIXELS, BaselineNet, Decoder, Encoder
+from .data import NUM_PIXELS
+from .networks import BaselineNet, Decoder, Encoder
 
 __all__ = ["fast_bfloat16", "resolve_precision", "explain_precision", "precision_override",
            "autocast", "float32_outputs", "decoder_hidden", "flush_denormals", "BF16_CPU_FLAGS", "PRECISION_ENV"]

@@ -1,8 +1,9 @@
-"""The book's cached tables of negative CLL: `cll_table` and `variants_table`.
+"""The book's cached table of negative CLL, `cll_table`, and the machinery every table shares.
 
-Chapter "Evaluation" explains and shows `cll_table`, chapter "Variants of the model"
-`variants_table`. Both score trained models on the test split with the estimators of
-`cvae_utils.evaluate`, and both are built, stored and read by the same few functions here:
+Chapter "Evaluation" explains and shows `cll_table`; chapter "Variants of the model" shows
+`cvae_utils.variants.variants_table`, built with the machinery here. Both score trained models on
+the test split with the estimators of `cvae_utils.evaluate`, and both are built, stored and read
+by the same few functions here:
 
 - Rows are indexed by stable keys, never by their labels: `CLL_ROWS` ("baseline", "neg_elbo",
   "mc_prior", "importance", "gap") for the CLL table; "baseline" and then the variants' keys
@@ -20,8 +21,8 @@ Chapter "Evaluation" explains and shows `cll_table`, chapter "Variants of the mo
   their estimators, the budget, the quadrant counts, S and the seed. A stored table whose key
   differs or that cannot be read is reported with a warning and computed again.
 
-`PUBLISHED` and `published_table` hold the numbers of the Pyro tutorial and of TorchZQ, each row
-with the key of the row of `cll_table` it is comparable with.
+`format_table` shows a table as strings, optionally beside the published numbers of
+`cvae_utils.published`.
 """
 from __future__ import annotations
 
@@ -35,28 +36,30 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 
 from . import terminal
 from .cache import cache_dir, code_digest, key_digest, model_key, trained_baseline, trained_cvae
 from .config import Budget, CVAEConfig, get_budget
-from .data import MNISTData, check_num_quadrants, load_mnist, make_quadrant_data
+from .data import (NUM_PIXELS, MNISTData, check_num_quadrants, load_mnist, make_quadrant_data,
+                   quadrant_label)
 from .evaluate import (DEFAULT_ELBO_SAMPLES, DEFAULT_NUM_SAMPLES, Estimate, baseline_ncll,
                        check_num_samples, cvae_importance_sampling, cvae_mc_prior, cvae_neg_elbo)
 from .files import write_atomically
+from .published import published_table
 from .train import default_device
-from .variants import VARIANT_LABELS, VARIANTS, check_variant, variant_config, variants_budget
 
 if TYPE_CHECKING:  # imported where used: pandas is slow to import
     import pandas as pd
 
 __all__ = [
-    "CLL_ROWS", "CLL_LABELS", "CLL_ESTIMATORS", "TABLE_CODE", "VARIANT_ESTIMATORS", "Published",
-    "PUBLISHED", "quadrant_label", "cll_labels", "variant_estimator", "variant_label",
-    "table_key", "table_paths", "make_table", "cll_table", "variants_table", "format_table",
-    "published_table",
+    "CLL_ROWS", "CLL_LABELS", "CLL_ESTIMATORS", "TABLE_CODE", "cll_labels", "cll_table_key",
+    "cll_table", "format_table",
+    # the machinery every table shares (`cvae_utils.variants.variants_table` uses it too)
+    "table_key", "table_paths", "make_table", "Scores", "store_table", "load_table", "say",
+    "check_quadrant_counts", "table_device",
 ]
 
 # the rows of `cll_table`, in order, with their labels (`cll_labels` adds the sample counts) and
@@ -67,54 +70,12 @@ CLL_LABELS = {"baseline": "NN baseline", "neg_elbo": "CVAE -ELBO", "mc_prior": "
               "importance": "CVAE IS", "gap": "Performance gap (NN - CVAE IS)"}
 CLL_ESTIMATORS = {"baseline": "exact", "neg_elbo": "neg_elbo", "mc_prior": "mc_prior",
                   "importance": "importance", "gap": "baseline - importance"}
-VARIANT_ESTIMATORS = ("importance", "mc_prior")  # what `variants_table` may score variants with
 TABLE_CODE = ("evaluate", "tables")  # the modules whose code decides a table's numbers
-
-
-class Published(NamedTuple):
-    """One published row: its label in the source, the key of the row of `cll_table` whose
-    estimator it reports (None if none), and its numbers for 1, 2, 3 input quadrants (None
-    where the source gives none), negative CLL in nats per image."""
-
-    label: str
-    estimator: str | None
-    values: tuple[float | None, float | None, float | None]
-
-
-PUBLISHED: dict[str, dict[str, Published]] = {
-    # The Pyro tutorial "Conditional Variational Auto-encoder" (https://pyro.ai/examples/cvae.html)
-    # and its upstream repository's README (https://github.com/ucals/cvae), CLL table. Its "CVAE
-    # (Monte Carlo)" row is in fact the negative ELBO from the recognition network, measured on the
-    # test set that also chose the early-stopping epoch (see /work/shared/seeds/README.md). Its gap
-    # is taken against that -ELBO, so it matches no gap of ours.
-    "Pyro tutorial": {
-        "baseline": Published("NN baseline", "baseline", (100.4, 61.9, 25.4)),
-        "neg_elbo": Published('CVAE "Monte Carlo" (in fact -ELBO)', "neg_elbo",
-                              (71.8, 51.0, 24.2)),
-        "gap": Published("Performance gap (NN - CVAE)", None, (28.6, 10.9, 1.2)),
-    },
-    # TorchZQ implementation (README; runs at https://wandb.ai/enhuiz/tzq-cvae): importance-sampled
-    # NCLL with S = 100 after 20 epochs. The README gives one number per method without naming the
-    # quadrant count; their size matches the 1-quadrant setting, where they are placed.
-    "TorchZQ": {
-        "baseline": Published("Baseline", "baseline", (112.382, None, None)),
-        "importance": Published("CVAE IS (S=100)", "importance", (72.255, None, None)),
-        "importance_best": Published(
-            "CVAE IS (S=100), best variant (baseline trained jointly from scratch)",
-            "importance", (67.813, None, None)),
-    },
-}
 
 
 # ------------------------------------------------------------------------------------------------
 # Labels
 # ------------------------------------------------------------------------------------------------
-
-def quadrant_label(num_quadrants: int) -> str:
-    """Column label: "1 quadrant", "2 quadrants", "3 quadrants"."""
-    k = check_num_quadrants(num_quadrants)
-    return f"{k} quadrant" + ("s" if k > 1 else "")
-
 
 def cll_labels(num_samples: int = DEFAULT_NUM_SAMPLES,
                elbo_samples: int = DEFAULT_ELBO_SAMPLES) -> dict[str, str]:
@@ -124,35 +85,20 @@ def cll_labels(num_samples: int = DEFAULT_NUM_SAMPLES,
             for key, label in CLL_LABELS.items()}
 
 
-def variant_estimator(config: CVAEConfig, estimator: str = "importance") -> str:
-    """The estimator that scores a CVAE of ``config`` in `variants_table` when ``estimator`` is
-    asked for: "mc_prior" for a GSNN (objective "gsnn"), whose recognition network is never
-    trained and so would be a poor proposal; ``estimator`` for every other CVAE."""
-    return "mc_prior" if config.objective == "gsnn" else estimator
-
-
-def variant_label(key: str, estimator: str = "importance",
-                  num_samples: int = DEFAULT_NUM_SAMPLES, base: CVAEConfig | None = None) -> str:
-    """The label of a variant's row, naming the estimator that scored it: e.g. "GSNN [MC prior,
-    S=100]" (``estimator`` is what the table asked for; see `variant_estimator`)."""
-    used = variant_estimator(variant_config(check_variant(key), base), estimator)
-    kind = {"importance": "IS", "mc_prior": "MC prior"}[used]
-    return f"{VARIANT_LABELS[key]} [{kind}, S={num_samples}]"
-
-
 # ------------------------------------------------------------------------------------------------
 # The machinery both tables share: keys, files, frames
 # ------------------------------------------------------------------------------------------------
 
 def table_key(kind: str, models: dict, budget: Budget, num_quadrants: Sequence[int],
-              **settings) -> dict:
+              code: Sequence[str] = TABLE_CODE, **settings) -> dict:
     """Everything a table's numbers depend on, as a JSON-ready dict.
 
     ``kind`` names the table ("cll-table"); ``models`` holds the `model_key` of every model it
-    scores; ``settings`` the rest (rows, estimators, S, seed). The digest of `TABLE_CODE` is
-    added, so a changed estimator or table builder gives another key.
+    scores; ``settings`` the rest (rows, estimators, S, seed). The digest of the modules named
+    by ``code`` (default `TABLE_CODE`; a table built elsewhere adds its own module) is added, so
+    a changed estimator or table builder gives another key.
     """
-    return {"kind": kind, "code": code_digest(*TABLE_CODE), "budget": budget.to_dict(),
+    return {"kind": kind, "code": code_digest(*code), "budget": budget.to_dict(),
             "num_quadrants": list(num_quadrants), **settings, "models": models}
 
 
@@ -197,7 +143,7 @@ def make_table(means: Mapping[str, Mapping], stderrs: Mapping[str, Mapping] | No
     return frame
 
 
-class _Scores:
+class Scores:
     """The means and standard errors of a table being computed, by row key and quadrant count."""
 
     def __init__(self, rows: Sequence[str]):
@@ -221,13 +167,15 @@ def _long_csv(frame: "pd.DataFrame", ks: Sequence[int]) -> str:
             label = quadrant_label(k)
             mean = float(frame.loc[row, (label, "mean")])
             stderr = float(frame.loc[row, (label, "stderr")])
+            output_pixels = NUM_PIXELS // 4 * (4 - k)                   # 196 per output quadrant
             writer.writerow([row, frame.attrs["labels"][row], frame.attrs["estimators"][row], k,
-                             label, repr(mean), repr(stderr), repr(mean / (196 * (4 - k)))])
+                             label, repr(mean), repr(stderr), repr(mean / output_pixels)])
     return buffer.getvalue()
 
 
-def _store(paths: tuple[Path, Path], key: dict, scores: _Scores, frame: "pd.DataFrame") -> None:
-    """Write a computed table: the long CSV, then the JSON that `_load` reads."""
+def store_table(paths: tuple[Path, Path], key: dict, scores: Scores,
+                frame: "pd.DataFrame") -> None:
+    """Write a computed table: the long CSV, then the JSON that `load_table` reads."""
     csv_path, json_path = paths
     text = json.dumps({"key": key, "num_test": frame.attrs["num_test"],
                        "rows": list(frame.index), "labels": frame.attrs["labels"],
@@ -238,7 +186,7 @@ def _store(paths: tuple[Path, Path], key: dict, scores: _Scores, frame: "pd.Data
                                                                            encoding="utf-8"))
 
 
-def _load(json_path: Path, key: dict, index_name: str, what: str, progress: bool | None,
+def load_table(json_path: Path, key: dict, index_name: str, what: str, progress: bool | None,
           **attrs) -> "pd.DataFrame | None":
     """The table stored in ``json_path`` for ``key``, or None when there is none.
 
@@ -263,16 +211,17 @@ def _load(json_path: Path, key: dict, index_name: str, what: str, progress: bool
         warnings.warn(f"ignoring a bad cached {what} {json_path} and computing it again: "
                       f"{error}", stacklevel=3)
         return None
-    _say(progress, f"loaded the {what} from {json_path}")
+    say(progress, f"loaded the {what} from {json_path}")
     return frame
 
 
-def _say(progress: bool | None, message: str) -> None:
+def say(progress: bool | None, message: str) -> None:
+    """Print ``message`` to stderr if ``progress`` is true, or is None and stderr is a terminal."""
     if progress or (progress is None and sys.stderr.isatty()):
         print(message, file=sys.stderr, flush=True)
 
 
-def _check_quadrant_counts(num_quadrants: Sequence[int] | int) -> list[int]:
+def check_quadrant_counts(num_quadrants: Sequence[int] | int) -> list[int]:
     """The quadrant counts as a list; one count alone (``cll_table(1)``) stands for ``(1,)``."""
     if isinstance(num_quadrants, numbers.Integral) and not isinstance(num_quadrants, bool):
         num_quadrants = (num_quadrants,)
@@ -286,7 +235,8 @@ def _check_quadrant_counts(num_quadrants: Sequence[int] | int) -> list[int]:
     return ks
 
 
-def _device(device) -> torch.device:
+def table_device(device) -> torch.device:
+    """``device`` as a torch.device, or the default device (`cvae_utils.train.default_device`)."""
     return torch.device(device) if device is not None else default_device()
 
 
@@ -303,20 +253,6 @@ def cll_table_key(ks: Sequence[int], config: CVAEConfig, budget: Budget, *,
     return table_key("cll-table", models, budget, list(ks), rows=list(CLL_ROWS),
                      estimators=CLL_ESTIMATORS, num_samples=num_samples,
                      elbo_samples=elbo_samples, seed=seed)
-
-
-def variants_table_key(keys: Sequence[str], ks: Sequence[int], base: CVAEConfig, budget: Budget,
-                       *, num_samples: int = DEFAULT_NUM_SAMPLES, estimator: str = "importance",
-                       seed: int = 0, device=None) -> dict:
-    """The key of `variants_table` for these settings (its file: ``table_paths(key)``)."""
-    configs = {name: variant_config(name, base) for name in keys}
-    estimators = {"baseline": "exact",
-                  **{name: variant_estimator(configs[name], estimator) for name in keys}}
-    models = {"baseline": {str(k): model_key("baseline", base, budget, k, device) for k in ks},
-              **{name: {str(k): model_key("cvae", configs[name], budget, k, device) for k in ks}
-                 for name in keys}}
-    return table_key("variants-table", models, budget, list(ks), rows=["baseline", *keys],
-                     estimators=estimators, num_samples=num_samples, seed=seed)
 
 
 def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | None = None,
@@ -345,12 +281,12 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
     does not cover a custom ``data`` nor a model file replaced by hand: pass ``use_cache=False``
     to recompute. A later call with the same key loads the table without loading data or models.
     """
-    ks = _check_quadrant_counts(num_quadrants)
+    ks = check_quadrant_counts(num_quadrants)
     num_samples = check_num_samples(num_samples)
     elbo_samples = check_num_samples(elbo_samples, "elbo_samples")
     config = config if config is not None else CVAEConfig()
     budget = get_budget(budget)
-    device = _device(device)
+    device = table_device(device)
     key = cll_table_key(ks, config, budget, num_samples=num_samples, elbo_samples=elbo_samples,
                         seed=seed, device=device)
     paths = table_paths(key, cache)
@@ -358,13 +294,13 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
              "budget": budget.name, "num_samples": num_samples, "elbo_samples": elbo_samples,
              "seed": seed, "csv": str(paths[0]), "json": str(paths[1])}
     if use_cache:
-        cached = _load(paths[1], key, "method", "CLL table", progress, **attrs)
+        cached = load_table(paths[1], key, "method", "CLL table", progress, **attrs)
         if cached is not None:
             return cached
 
     data = data if data is not None else load_mnist()
     test_split = data.subset(budget).test
-    scores = _Scores(CLL_ROWS)
+    scores = Scores(CLL_ROWS)
     for k in ks:
         start = time.perf_counter()
         cvae, _ = trained_cvae(k, config, budget, data, device=device, progress=progress,
@@ -382,7 +318,7 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
                                                  num_samples, nn.num_output_pixels)}
         for row in CLL_ROWS:
             scores.record(row, k, estimates[row])
-        _say(progress, f"k={k}: " + ", ".join(f"{row} {scores.means[row][str(k)]:.2f}"
+        say(progress, f"k={k}: " + ", ".join(f"{row} {scores.means[row][str(k)]:.2f}"
                                               for row in CLL_ROWS)
              + f" ({time.perf_counter() - start:.1f} s, N={len(test)})")
         terminal.item_done("CLL table", ks.index(k) + 1, len(ks), f"k={k}, N={len(test)}: NN "
@@ -391,118 +327,13 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
     frame = make_table(scores.means, scores.stderrs, index_name="method",
                        **{**attrs, "num_test": len(test_split)})
     if use_cache:
-        _store(paths, key, scores, frame)
+        store_table(paths, key, scores, frame)
     return frame
 
 
 # ------------------------------------------------------------------------------------------------
-# The variants table (chapter "Variants of the model")
+# Formatting, beside the published numbers
 # ------------------------------------------------------------------------------------------------
-
-def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequence[int] = (1, 2, 3),
-                   budget: Budget | str | None = None, data: MNISTData | None = None, *,
-                   base: CVAEConfig | None = None, num_samples: int = DEFAULT_NUM_SAMPLES,
-                   estimator: str = "importance", seed: int = 0, device=None,
-                   progress: bool | None = None, use_cache: bool = True,
-                   cache: str | os.PathLike | None = None) -> "pd.DataFrame":
-    """The negative CLL of every variant on the test split, beside the baseline; cached.
-
-    ``keys``: variants (keys of `VARIANTS`), in the order of the rows. ``budget`` defaults to
-    `variants_budget()`; ``base`` to `CVAEConfig()`, the book's (see `variant_config`). Each
-    variant's CVAE for each k comes from `trained_cvae` (trained now if not cached) and is scored
-    on the first ``budget.num_test`` test images with ``estimator``: "importance"
-    (`cvae_importance_sampling`, the default) or "mc_prior" (`cvae_mc_prior`), S =
-    ``num_samples`` samples per image, noise seeded by ``seed``; the GSNN is always scored from
-    the prior (`variant_estimator`). Returns a pandas DataFrame:
-
-    - index "variant": "baseline" (the baseline of `trained_baseline` that every variant reads,
-      exact), then ``keys``;
-    - columns (inputs, statistic) as in `cll_table`, in nats per image;
-    - ``attrs``: labels (`variant_label`, e.g. "GSNN [MC prior, S=100]"; "NN baseline [exact]"),
-      estimators ("exact", "importance" or "mc_prior"), budget, num_test, num_samples,
-      estimator, seed, and the csv and json paths.
-
-    Cached like `cll_table`, as ``variants-table-<budget>-<hash>``; a bad file is reported and
-    the table recomputed from the cached models.
-    """
-    if isinstance(keys, str):
-        keys = [keys]
-    keys = [check_variant(key) for key in keys]
-    if not keys or len(set(keys)) != len(keys):
-        raise ValueError(f"keys must list distinct variants among {', '.join(VARIANTS)}, got "
-                         f"{tuple(keys)!r}")
-    ks = _check_quadrant_counts(num_quadrants)
-    num_samples = check_num_samples(num_samples)
-    if estimator not in VARIANT_ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of "
-                         f"{', '.join(VARIANT_ESTIMATORS)}")
-    base = base if base is not None else CVAEConfig()
-    budget = variants_budget(budget)
-    device = _device(device)
-    key = variants_table_key(keys, ks, base, budget, num_samples=num_samples,
-                             estimator=estimator, seed=seed, device=device)
-    rows, estimators = key["rows"], key["estimators"]  # decided once, by the key
-    configs = {name: variant_config(name, base) for name in keys}
-    paths = table_paths(key, cache)
-    labels = {"baseline": "NN baseline [exact]",
-              **{name: variant_label(name, estimator, num_samples, base) for name in keys}}
-    attrs = {"labels": labels, "estimators": estimators, "budget": budget.name,
-             "num_samples": num_samples, "estimator": estimator, "seed": seed,
-             "csv": str(paths[0]), "json": str(paths[1])}
-    if use_cache:
-        cached = _load(paths[1], key, "variant", "variants table", progress, **attrs)
-        if cached is not None:
-            return cached
-
-    data = data if data is not None else load_mnist()
-    test_split = data.subset(budget).test
-    scores = _Scores(rows)
-    estimate_fns = {"importance": cvae_importance_sampling, "mc_prior": cvae_mc_prior}
-    for k in ks:
-        test = make_quadrant_data(test_split, k)                         # (num_test, 784) each
-        # every variant reads this baseline (none changes a baseline field); the joint variant
-        # fine-tunes a copy of it, which is a feature of its prior, not a prediction
-        baseline, _ = trained_baseline(k, base, budget, data, device=device, progress=progress,
-                                       use_cache=use_cache, cache=cache)
-        scores.record("baseline", k, baseline_ncll(baseline, test))
-        for name in keys:
-            start = time.perf_counter()
-            cvae, _ = trained_cvae(k, configs[name], budget, data, device=device,
-                                   progress=progress, use_cache=use_cache, cache=cache)
-            scores.record(name, k, estimate_fns[estimators[name]](cvae, test, num_samples, seed))
-            _say(progress, f"k={k} {labels[name]}: {scores.means[name][str(k)]:.2f} "
-                           f"({time.perf_counter() - start:.1f} s, N={len(test)})")
-            terminal.item_done("variants", ks.index(k) * len(keys) + keys.index(name) + 1,
-                               len(ks) * len(keys), f"k={k} {name}: "
-                               f"{scores.means[name][str(k)]:.2f}", time.perf_counter() - start)
-            del cvae
-    frame = make_table(scores.means, scores.stderrs, index_name="variant",
-                       **{**attrs, "num_test": len(test_split)})
-    if use_cache:
-        _store(paths, key, scores, frame)
-    return frame
-
-
-# ------------------------------------------------------------------------------------------------
-# Formatting and the published numbers
-# ------------------------------------------------------------------------------------------------
-
-def published_table() -> "pd.DataFrame":
-    """`PUBLISHED` as a DataFrame: index (source, method), the row keys of `PUBLISHED`; columns
-    "label", "estimator" (the `cll_table` row it is comparable with, missing if none), then "1
-    quadrant", "2 quadrants", "3 quadrants" (NaN where a source gives no number)."""
-    import pandas as pd
-
-    inputs = [quadrant_label(k) for k in (1, 2, 3)]
-    records = {(source, key): {"label": row.label, "estimator": row.estimator,
-                               **{label: float("nan") if value is None else value
-                                  for label, value in zip(inputs, row.values)}}
-               for source, rows in PUBLISHED.items() for key, row in rows.items()}
-    frame = pd.DataFrame.from_dict(records, orient="index",
-                                   columns=["label", "estimator", *inputs])
-    frame.index = pd.MultiIndex.from_tuples(frame.index, names=["source", "method"])
-    return frame
-
 
 def format_table(frame: "pd.DataFrame", digits: int = 1, published: bool = False
                  ) -> "pd.DataFrame":

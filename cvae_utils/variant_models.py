@@ -17,7 +17,8 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from .config import CVAEConfig
-from .networks import CVAE, MODEL_FIELDS, NUM_PIXELS, BaselineNet, Decoder
+from .data import NUM_PIXELS
+from .networks import CVAE, MODEL_FIELDS, BaselineNet, Decoder
 
 __all__ = ["ZDecoder", "TutorialDecoderCVAE", "PriorWithoutBaselineCVAE", "JointBaselineCVAE",
            "build_cvae", "prior_guide", "objective"]

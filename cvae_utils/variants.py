@@ -9,25 +9,37 @@ describes them, `VARIANT_LABELS` names them for tables and figures, `VARIANT_CHA
 fields each changes and `variant_config` builds their configurations.
 
 How much to train them is `variants_budget()`: ``CVAE_VARIANTS_BUDGET`` if set, else the book's
-budget capped at ``quick``. Their table is `cvae_utils.tables.variants_table`, its figure
-`cvae_utils.plotting.plot_variants`; `variant_comparison` reads two of its rows, and
-`torchzq_ablation` holds the ablation numbers published by the TorchZQ implementation, with the
-variant of ours each row corresponds to.
+budget capped at ``quick``. Their table is `variants_table`, built, cached and read with the
+machinery of `cvae_utils.tables`; `variant_estimator` says how each variant is scored and
+`variant_label` names its row. Its figure is `cvae_utils.plot_results.plot_variants`;
+`variant_comparison` reads two of its rows, and `torchzq_ablation` sets the ablation published
+by the TorchZQ implementation (`cvae_utils.published.TORCHZQ_ABLATION`) beside the variant of
+ours each row corresponds to.
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Sequence
 
+from . import terminal
+from .cache import model_key, trained_baseline, trained_cvae
 from .config import BUDGETS, Budget, CVAEConfig, get_budget, parse_budget, tutorial_config
+from .data import MNISTData, load_mnist, make_quadrant_data, quadrant_label
+from .evaluate import (DEFAULT_NUM_SAMPLES, baseline_ncll, check_num_samples,
+                       cvae_importance_sampling, cvae_mc_prior)
+from .published import TORCHZQ_ABLATION
+from .tables import (TABLE_CODE, Scores, check_quadrant_counts, load_table, make_table, say,
+                     store_table, table_device, table_key, table_paths)
 
 if TYPE_CHECKING:  # imported where used: pandas is slow to import
     import pandas as pd
 
 __all__ = ["VARIANTS", "VARIANT_LABELS", "VARIANT_CHANGES", "check_variant", "variant_config",
-           "variants_overview", "variants_budget", "VARIANTS_BUDGET_CAP", "variant_comparison",
-           "TORCHZQ_ABLATION", "torchzq_ablation"]
+           "variants_overview", "variants_budget", "VARIANTS_BUDGET_CAP", "VARIANT_ESTIMATORS",
+           "VARIANTS_TABLE_CODE", "variant_estimator", "variant_label", "variants_table_key",
+           "variants_table", "variant_comparison", "torchzq_ablation"]
 
 # what each variant changes, in the book's words (keys are stable: files and tests use them)
 VARIANTS: dict[str, str] = {
@@ -65,6 +77,10 @@ VARIANT_CHANGES: dict[str, dict] = {
 }
 
 VARIANTS_BUDGET_CAP = "quick"  # the variants chapter trains at most this much unless told
+VARIANT_ESTIMATORS = ("importance", "mc_prior")  # what `variants_table` may score variants with
+# the modules whose code decides the numbers of `variants_table`: the estimators, the tables'
+# machinery and this module, which scores the variants
+VARIANTS_TABLE_CODE = (*TABLE_CODE, "variants")
 
 
 def check_variant(key) -> str:
@@ -135,6 +151,125 @@ def variants_budget(name: str | Budget | None = None) -> Budget:
 
 
 # ------------------------------------------------------------------------------------------------
+# Scoring and labels: the variants table
+# ------------------------------------------------------------------------------------------------
+
+def variant_estimator(config: CVAEConfig, estimator: str = "importance") -> str:
+    """The estimator that scores a CVAE of ``config`` in `variants_table` when ``estimator`` is
+    asked for: "mc_prior" for a GSNN (objective "gsnn"), whose recognition network is never
+    trained and so would be a poor proposal; ``estimator`` for every other CVAE."""
+    return "mc_prior" if config.objective == "gsnn" else estimator
+
+
+def variant_label(key: str, estimator: str = "importance",
+                  num_samples: int = DEFAULT_NUM_SAMPLES, base: CVAEConfig | None = None) -> str:
+    """The label of a variant's row, naming the estimator that scored it: e.g. "GSNN [MC prior,
+    S=100]" (``estimator`` is what the table asked for; see `variant_estimator`)."""
+    used = variant_estimator(variant_config(check_variant(key), base), estimator)
+    kind = {"importance": "IS", "mc_prior": "MC prior"}[used]
+    return f"{VARIANT_LABELS[key]} [{kind}, S={num_samples}]"
+
+
+def variants_table_key(keys: Sequence[str], ks: Sequence[int], base: CVAEConfig, budget: Budget,
+                       *, num_samples: int = DEFAULT_NUM_SAMPLES, estimator: str = "importance",
+                       seed: int = 0, device=None) -> dict:
+    """The key of `variants_table` for these settings (its file: ``table_paths(key)``)."""
+    configs = {name: variant_config(name, base) for name in keys}
+    estimators = {"baseline": "exact",
+                  **{name: variant_estimator(configs[name], estimator) for name in keys}}
+    models = {"baseline": {str(k): model_key("baseline", base, budget, k, device) for k in ks},
+              **{name: {str(k): model_key("cvae", configs[name], budget, k, device) for k in ks}
+                 for name in keys}}
+    return table_key("variants-table", models, budget, list(ks), VARIANTS_TABLE_CODE,
+                     rows=["baseline", *keys], estimators=estimators, num_samples=num_samples,
+                     seed=seed)
+
+
+def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequence[int] = (1, 2, 3),
+                   budget: Budget | str | None = None, data: MNISTData | None = None, *,
+                   base: CVAEConfig | None = None, num_samples: int = DEFAULT_NUM_SAMPLES,
+                   estimator: str = "importance", seed: int = 0, device=None,
+                   progress: bool | None = None, use_cache: bool = True,
+                   cache: str | os.PathLike | None = None) -> "pd.DataFrame":
+    """The negative CLL of every variant on the test split, beside the baseline; cached.
+
+    ``keys``: variants (keys of `VARIANTS`), in the order of the rows. ``budget`` defaults to
+    `variants_budget()`; ``base`` to `CVAEConfig()`, the book's (see `variant_config`). Each
+    variant's CVAE for each k comes from `trained_cvae` (trained now if not cached) and is scored
+    on the first ``budget.num_test`` test images with ``estimator``: "importance"
+    (`cvae_importance_sampling`, the default) or "mc_prior" (`cvae_mc_prior`), S =
+    ``num_samples`` samples per image, noise seeded by ``seed``; the GSNN is always scored from
+    the prior (`variant_estimator`). Returns a pandas DataFrame:
+
+    - index "variant": "baseline" (the baseline of `trained_baseline` that every variant reads,
+      exact), then ``keys``;
+    - columns (inputs, statistic) as in `cll_table`, in nats per image;
+    - ``attrs``: labels (`variant_label`, e.g. "GSNN [MC prior, S=100]"; "NN baseline [exact]"),
+      estimators ("exact", "importance" or "mc_prior"), budget, num_test, num_samples,
+      estimator, seed, and the csv and json paths.
+
+    Cached like `cll_table`, as ``variants-table-<budget>-<hash>``; a bad file is reported and
+    the table recomputed from the cached models.
+    """
+    if isinstance(keys, str):
+        keys = [keys]
+    keys = [check_variant(key) for key in keys]
+    if not keys or len(set(keys)) != len(keys):
+        raise ValueError(f"keys must list distinct variants among {', '.join(VARIANTS)}, got "
+                         f"{tuple(keys)!r}")
+    ks = check_quadrant_counts(num_quadrants)
+    num_samples = check_num_samples(num_samples)
+    if estimator not in VARIANT_ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of "
+                         f"{', '.join(VARIANT_ESTIMATORS)}")
+    base = base if base is not None else CVAEConfig()
+    budget = variants_budget(budget)
+    device = table_device(device)
+    key = variants_table_key(keys, ks, base, budget, num_samples=num_samples,
+                             estimator=estimator, seed=seed, device=device)
+    rows, estimators = key["rows"], key["estimators"]  # decided once, by the key
+    configs = {name: variant_config(name, base) for name in keys}
+    paths = table_paths(key, cache)
+    labels = {"baseline": "NN baseline [exact]",
+              **{name: variant_label(name, estimator, num_samples, base) for name in keys}}
+    attrs = {"labels": labels, "estimators": estimators, "budget": budget.name,
+             "num_samples": num_samples, "estimator": estimator, "seed": seed,
+             "csv": str(paths[0]), "json": str(paths[1])}
+    if use_cache:
+        cached = load_table(paths[1], key, "variant", "variants table", progress, **attrs)
+        if cached is not None:
+            return cached
+
+    data = data if data is not None else load_mnist()
+    test_split = data.subset(budget).test
+    scores = Scores(rows)
+    estimate_fns = {"importance": cvae_importance_sampling, "mc_prior": cvae_mc_prior}
+    for k in ks:
+        test = make_quadrant_data(test_split, k)                         # (num_test, 784) each
+        # every variant reads this baseline (none changes a baseline field); the joint variant
+        # fine-tunes a copy of it, which is a feature of its prior, not a prediction
+        baseline, _ = trained_baseline(k, base, budget, data, device=device, progress=progress,
+                                       use_cache=use_cache, cache=cache)
+        scores.record("baseline", k, baseline_ncll(baseline, test))
+        for name in keys:
+            start = time.perf_counter()
+            cvae, _ = trained_cvae(k, configs[name], budget, data, device=device,
+                                   progress=progress, use_cache=use_cache, cache=cache)
+            scores.record(name, k, estimate_fns[estimators[name]](cvae, test, num_samples, seed))
+            say(progress, f"k={k} {labels[name]}: {scores.means[name][str(k)]:.2f} "
+                           f"({time.perf_counter() - start:.1f} s, N={len(test)})")
+            terminal.item_done("variants", ks.index(k) * len(keys) + keys.index(name) + 1,
+                               len(ks) * len(keys), f"k={k} {name}: "
+                               f"{scores.means[name][str(k)]:.2f}", time.perf_counter() - start)
+            del cvae
+    frame = make_table(scores.means, scores.stderrs, index_name="variant",
+                       **{**attrs, "num_test": len(test_split)})
+    if use_cache:
+        store_table(paths, key, scores, frame)
+    return frame
+
+
+# ------------------------------------------------------------------------------------------------
 # Reading the table
 # ------------------------------------------------------------------------------------------------
 
@@ -162,25 +297,8 @@ def variant_comparison(table: "pd.DataFrame", key_a: str, key_b: str) -> dict[st
 
 
 # ------------------------------------------------------------------------------------------------
-# TorchZQ's published ablation
+# TorchZQ's published ablation (its numbers: `cvae_utils.published.TORCHZQ_ABLATION`)
 # ------------------------------------------------------------------------------------------------
-
-# The ablation table of the TorchZQ implementation (README of https://github.com/enhuiz/cvae, runs
-# at https://wandb.ai/enhuiz/tzq-cvae): importance-sampled NCLL, S = 100, in nats, one setting
-# (one visible quadrant), every model trained for 20 epochs with batch size 32 and learning rate
-# 1e-3, without KL warm-up, the decoder reading z alone unless the row says otherwise. Per row:
-# their row name, their number, the key of our variant that makes the same change (None if none
-# does), and how close the correspondence is ("same", "closest" or None).
-TORCHZQ_ABLATION: tuple[tuple[str, float, str | None, str | None], ...] = (
-    ("Baseline", 112.382, "baseline", "same"),
-    ("CVAE (w/ conditioned decoder, w/o baseline)", 83.745, "no_baseline_prior", "closest"),
-    ("CVAE (w/ conditioned decoder)", 79.524, "book", "closest"),
-    ("CVAE (w/o conditioned prior)", 76.024, None, None),
-    ("CVAE", 72.255, "pyro_tutorial", "closest"),
-    ("CVAE (w/o baseline)", 70.868, "no_baseline_prior", "closest"),
-    ("CVAE (w/ jointly trained baseline from the pretrained)", 69.352, "joint", "closest"),
-    ("CVAE (w/ jointly trained baseline from scratch)", 67.813, None, None),
-)
 
 # why a correspondence is not exact, in this book's words (the numbers from the configs)
 _BOOK, _TUTORIAL = CVAEConfig(), tutorial_config()
@@ -199,18 +317,16 @@ _TORCHZQ_NOTES = {
 
 
 def torchzq_ablation(table: "pd.DataFrame | None" = None) -> "pd.DataFrame":
-    """`TORCHZQ_ABLATION` as a DataFrame indexed by their row names ("method").
+    """`cvae_utils.published.TORCHZQ_ABLATION` as a DataFrame indexed by their row names ("method").
 
     Columns: "NCLL (IS, S=100)" (their number, nats), "ours" (the label of our corresponding
     variant, "NN baseline" for the baseline, "—" if none), "key" (its key or None), "match"
     ("same", "closest" or "—") and "note" (what differs when the match is not exact). With
-    ``table`` (from `cvae_utils.tables.variants_table`, with a "1 quadrant" column) a last
+    ``table`` (from `variants_table`, with a "1 quadrant" column) a last
     column "this book, 1 quadrant" holds our mean for the row of the corresponding key, NaN where
     there is none.
     """
     import pandas as pd
-
-    from .tables import quadrant_label  # here: tables imports this module
 
     if table is not None:
         inputs = set(table.columns.get_level_values("inputs"))

@@ -11,7 +11,7 @@ import torch
 from cvae_utils.complete import Completion, best_layout, complete_digit, draw_digit_strokes
 from cvae_utils.data import input_mask
 from cvae_utils.networks import CVAE, BaselineNet
-from cvae_utils.plotting import plot_completion
+from cvae_utils.plot_results import plot_completion
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from cvae_utils.diversity import (CRITERIA, AmbiguousInput, ambiguous_examples, 
                                   class_histogram, diversity_frame, diversity_table,
                                   find_ambiguous, histogram_entropy, identity_diversity)
 from cvae_utils.networks import CVAE, BaselineNet
-from cvae_utils.plotting import plot_identity_groups
+from cvae_utils.plot_results import plot_identity_groups
 
 ID_PIXEL = 27 * 28        # bottom-left corner: an input pixel for k = 1, 2, 3; carries the input id
 READ_PIXEL = 783          # bottom-right corner: an output pixel for k = 1, 2, 3; carries the digit

@@ -25,16 +25,16 @@ from cvae_utils import evaluate, tables
 from cvae_utils.cache import trained_baseline, trained_cvae
 from cvae_utils.config import CVAEConfig, get_budget
 from cvae_utils.data import (MNISTNotFoundError, QuadrantData, load_mnist, make_quadrant_data,
-                             mask_quadrants)
+                             mask_quadrants, quadrant_label)
 from cvae_utils.evaluate import (
     Conditional, Estimate, baseline_ncll, cvae_conditional, cvae_importance_sampling,
     cvae_mc_prior, cvae_neg_elbo, estimate_nll, log_mean_exp, neg_elbo, neg_log_importance,
     standard_normal_noise,
 )
 from cvae_utils.networks import CVAE, BaselineNet
+from cvae_utils.published import PUBLISHED, published_table
+from cvae_utils.tables import CLL_ROWS, cll_labels, cll_table, format_table
 from cvae_utils.variant_models import build_cvae
-from cvae_utils.tables import (CLL_ROWS, PUBLISHED, cll_labels, cll_table, format_table,
-                               published_table)
 
 TINY = CVAEConfig(hidden_1=32, hidden_2=32, z_dim=4)
 
@@ -377,7 +377,7 @@ def test_cll_table_cells_are_the_estimators_on_the_cached_models(cached_table, m
                     "importance": cvae_importance_sampling(cvae, test, 4, seed=0)}
         gap = expected["baseline"].values - expected["importance"].values      # (N,)
         expected["gap"] = Estimate.from_values("gap", gap, 4, 196 * (4 - k))
-        label = tables.quadrant_label(k)
+        label = quadrant_label(k)
         for row, estimate in expected.items():
             assert table.loc[row, (label, "mean")] == estimate.mean, (row, k)
             assert table.loc[row, (label, "stderr")] == estimate.stderr, (row, k)

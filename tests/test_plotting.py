@@ -1,4 +1,5 @@
-"""The book's figures (`cvae_utils.plotting`) and the training animation (`cvae_utils.animation`).
+"""The book's figures (`cvae_utils.figures` and the `plot_*` modules), what they show
+(`cvae_utils.analysis`) and the training animation (`cvae_utils.animation`).
 
 Fast: synthetic digits and tiny networks, no MNIST. Each figure function must return a matplotlib
 Figure with the expected axes and image content; the GIF writer must write a GIF that imageio reads
@@ -14,8 +15,10 @@ import torch
 from matplotlib.figure import Figure
 
 from cvae_utils import CVAE, BaselineNet, CVAEConfig, History, input_mask, make_quadrant_data
-from cvae_utils import animation, plotting
-from cvae_utils.tables import make_table, published_table
+from cvae_utils import (analysis, animation, figures, plot_data, plot_maths, plot_results,
+                        plot_training)
+from cvae_utils.published import published_table
+from cvae_utils.tables import make_table
 
 SMALL = CVAEConfig(hidden_1=32, hidden_2=16, z_dim=4)
 STEP = 28 + 2  # a tile and its padding in `tile_images`
@@ -66,30 +69,30 @@ def fake_table(ks=(1, 2, 3), labels=None) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- helpers
 def test_tile_images_places_images_row_by_row_with_nan_padding():
     images = torch.arange(6, dtype=torch.float32).reshape(6, 1, 1).expand(6, 28, 28) / 10
-    canvas = plotting.tile_images(images, 2, 3)
+    canvas = figures.tile_images(images, 2, 3)
     assert canvas.shape == tiled_shape(2, 3)
     assert np.isnan(canvas[28:30]).all() and np.isnan(canvas[:, 28:30]).all()
     for i in range(6):
         r, c = divmod(i, 3)
         np.testing.assert_allclose(canvas[r * STEP:r * STEP + 28, c * STEP:c * STEP + 28], i / 10)
     with pytest.raises(ValueError, match="do not fit"):
-        plotting.tile_images(images, 1, 3)
+        figures.tile_images(images, 1, 3)
     with pytest.raises(ValueError, match="784"):
-        plotting.tile_images(torch.zeros(2, 10), 1, 2)
+        figures.tile_images(torch.zeros(2, 10), 1, 2)
 
 
 def test_figures_display_as_png_and_render_to_rgb():
-    fig = plotting.plot_graphical_models()
-    assert isinstance(fig, plotting.BookFigure) and isinstance(fig, Figure)
+    fig = plot_maths.plot_graphical_models()
+    assert isinstance(fig, figures.BookFigure) and isinstance(fig, Figure)
     assert fig._repr_png_().startswith(b"\x89PNG\r\n\x1a\n")
-    rgb = plotting.figure_to_array(fig)
+    rgb = figures.figure_to_array(fig)
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
     assert rgb.shape[:2] == (round(fig.get_figheight() * fig.dpi), round(fig.get_figwidth() * fig.dpi))
 
 
 # ------------------------------------------------------------------ data and the problem
 def test_plot_digits_titles_each_digit_with_its_label(tiny_data):
-    fig = plotting.plot_digits(tiny_data.train.images[:12], tiny_data.train.labels[:12], ncols=5)
+    fig = plot_data.plot_digits(tiny_data.train.images[:12], tiny_data.train.labels[:12], ncols=5)
     assert isinstance(fig, Figure) and len(fig.axes) == 15          # 3 rows of 5, 3 left empty
     drawn = [ax for ax in fig.axes if ax.images]
     assert len(drawn) == 12
@@ -98,7 +101,7 @@ def test_plot_digits_titles_each_digit_with_its_label(tiny_data):
 
 
 def test_plot_quadrant_masks_labels_input_and_output_quadrants():
-    fig = plotting.plot_quadrant_masks({k: input_mask(k) for k in (1, 2, 3)})
+    fig = plot_data.plot_quadrant_masks({k: input_mask(k) for k in (1, 2, 3)})
     assert len(fig.axes) == 3
     for k, ax in zip((1, 2, 3), fig.axes):
         letters = sorted(t.get_text() for t in ax.texts)
@@ -106,8 +109,8 @@ def test_plot_quadrant_masks_labels_input_and_output_quadrants():
 
 
 def test_plot_quadrant_split_interleaves_x_and_y(quadrants):
-    fig = plotting.plot_quadrant_split({k: (q.x, q.y) for k, q in quadrants.items()},
-                                       num_images=4)
+    fig = plot_data.plot_quadrant_split({k: (q.x, q.y) for k, q in quadrants.items()},
+                                        num_images=4)
     assert len(fig.axes) == 3
     for (k, q), ax in zip(quadrants.items(), fig.axes):
         canvas = image_of(ax)
@@ -124,32 +127,32 @@ def test_nearest_neighbours_and_most_ambiguous_on_planted_data():
     mask = input_mask(1)
     queries = pool[[3, 17]].clone()
     queries[:, ~mask] = 0.0                        # only the input quadrant is informative
-    nearest = plotting.nearest_neighbours(queries, pool, num_quadrants=1, num_neighbours=5)
+    nearest = analysis.nearest_neighbours(queries, pool, num_quadrants=1, num_neighbours=5)
     assert nearest.shape == (2, 5) and nearest[:, 0].tolist() == [3, 17]
     # query 1's neighbours: copies of it with four different labels; query 0: one label only
     pool2 = torch.cat([pool[:1].expand(5, 28, 28), pool[1:2].expand(5, 28, 28)])
     labels2 = torch.tensor([7, 7, 7, 7, 7, 1, 2, 3, 4, 1])
-    order = plotting.most_ambiguous(pool2[[0, 5]], pool2, labels2, num_quadrants=1,
+    order = analysis.most_ambiguous(pool2[[0, 5]], pool2, labels2, num_quadrants=1,
                                     num_neighbours=5, count=2)
     assert order == [1, 0]
 
 
 def test_plot_ambiguity_shows_input_neighbours_and_their_mean(tiny_data):
-    fig = plotting.plot_ambiguity(tiny_data.test.images[:2], tiny_data.train.images,
-                                  tiny_data.train.labels, num_quadrants=1, num_neighbours=4)
+    fig = plot_data.plot_ambiguity(tiny_data.test.images[:2], tiny_data.train.images,
+                                   tiny_data.train.labels, num_quadrants=1, num_neighbours=4)
     assert len(fig.axes) == 2 * 6                                   # input + 4 + mean, 2 rows
     first_row = fig.axes[:6]
     x = image_of(first_row[0])
     assert (x[~input_mask(1).numpy()] == -1).all()
     assert first_row[1].get_title().startswith("a ") and first_row[-1].get_title() == "their mean"
-    assert len(plotting.plot_ambiguity(tiny_data.test.images[:1], tiny_data.train.images,
-                                       tiny_data.train.labels, show_mean=False).axes) == 8
+    assert len(plot_data.plot_ambiguity(tiny_data.test.images[:1], tiny_data.train.images,
+                                        tiny_data.train.labels, show_mean=False).axes) == 8
 
 
 # ---------------------------------------------------------------- training and samples
 def test_plot_loss_curves_one_axes_per_run_with_both_curves():
     histories = {"k = 1": toy_history(4), "k = 2": toy_history(1)}
-    fig = plotting.plot_loss_curves(histories)
+    fig = plot_training.plot_loss_curves(histories)
     assert len(fig.axes) == 2
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
@@ -160,16 +163,16 @@ def test_plot_loss_curves_one_axes_per_run_with_both_curves():
 
 
 def test_completions_and_plot_completions(quadrants, small_cvae):
-    panels = [plotting.completions(small_cvae, quadrants[k], num_images=3, num_samples=5)
+    panels = [analysis.completions(small_cvae, quadrants[k], num_images=3, num_samples=5)
               for k in (1, 2, 3)]
     panel = panels[0]
     assert panel.x.shape == panel.y.shape == panel.baseline.shape == (3, 784)
     assert panel.samples.shape == (5, 3, 784)
     assert np.isfinite(panel.samples).all() and ((panel.samples >= 0) & (panel.samples <= 1)).all()
-    again = plotting.completions(small_cvae, quadrants[1], num_images=3, num_samples=5)
+    again = analysis.completions(small_cvae, quadrants[1], num_images=3, num_samples=5)
     np.testing.assert_array_equal(again.samples, panel.samples)    # seeded: same every build
 
-    fig = plotting.plot_completions(panels)
+    fig = plot_training.plot_completions(panels)
     assert len(fig.axes) == 3
     canvas = image_of(fig.axes[0])
     assert canvas.shape == tiled_shape(3, 3 + 5)
@@ -184,10 +187,10 @@ def test_completions_and_plot_completions(quadrants, small_cvae):
 
 
 def test_baseline_completions_have_no_samples_and_plot_side_by_side(quadrants, small_cvae):
-    panels = [plotting.baseline_completions(small_cvae.baseline, quadrants[k], num_images=4)
+    panels = [analysis.baseline_completions(small_cvae.baseline, quadrants[k], num_images=4)
               for k in (1, 2, 3)]
     assert panels[0].samples.shape == (0, 4, 784)
-    fig = plotting.plot_completions(panels)
+    fig = plot_training.plot_completions(panels)
     assert len(fig.axes) == 3 and fig.get_figwidth() > fig.get_figheight()
     assert image_of(fig.axes[1]).shape == tiled_shape(4, 3)
 
@@ -195,8 +198,8 @@ def test_baseline_completions_have_no_samples_and_plot_side_by_side(quadrants, s
 def test_plot_training_frame_draws_samples_beside_the_losses(quadrants):
     history = toy_history(num_epochs=3, n=2, num_samples=3)
     q = quadrants[2]
-    fig = plotting.plot_training_frame(q.x[:2], q.y[:2], history.snapshots[1], history, epoch=2,
-                                       num_quadrants=2)
+    fig = plot_training.plot_training_frame(q.x[:2], q.y[:2], history.snapshots[1], history,
+                                            epoch=2, num_quadrants=2)
     assert len(fig.axes) == 2
     canvas = image_of(fig.axes[0])
     assert canvas.shape == tiled_shape(2, 2 + 3)
@@ -211,7 +214,7 @@ def test_plot_training_frame_draws_samples_beside_the_losses(quadrants):
 
 # ------------------------------------------------------------------------------- maths
 def test_plot_graphical_models_draws_four_models():
-    fig = plotting.plot_graphical_models()
+    fig = plot_maths.plot_graphical_models()
     assert len(fig.axes) == 4
     nodes = [sorted(t.get_text() for t in ax.texts) for ax in fig.axes]
     assert nodes[0] == ["$x$", "$y$"] and nodes[1] == ["$x$", "$y$", "$z$"]
@@ -221,7 +224,7 @@ def test_plot_graphical_models_draws_four_models():
 
 
 def test_plot_estimator_intuition_has_normalised_densities():
-    fig = plotting.plot_estimator_intuition()
+    fig = plot_maths.plot_estimator_intuition()
     assert len(fig.axes) == 1
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()
              if not line.get_label().startswith("_")}
@@ -241,12 +244,12 @@ def drawn_estimates(ax) -> list[tuple[float, float, str]]:
 
 
 def test_plot_cll_comparison_marks_every_estimate_with_error_bars():
-    fig = plotting.plot_cll_comparison(fake_table(), published_table())
+    fig = plot_results.plot_cll_comparison(fake_table(), published_table())
     assert len(fig.axes) == 3
     ax = fig.axes[0]
     assert ax.get_title() == "1 quadrant" and len(ax.containers) == 4   # 4 errorbar estimates
     # each estimator at its place, in its colour; the gap is not drawn
-    expected = [(float(position), CLL_VALUES[key][0], plotting.ESTIMATOR_STYLE[key][1])
+    expected = [(float(position), CLL_VALUES[key][0], plot_results.ESTIMATOR_STYLE[key][1])
                 for position, key in enumerate(("baseline", "neg_elbo", "mc_prior", "importance"))]
     assert drawn_estimates(ax) == expected
     # published numbers beside the estimator they report: the tutorial's baseline and -ELBO,
@@ -255,16 +258,16 @@ def test_plot_cll_comparison_marks_every_estimate_with_error_bars():
                     for line in ax.get_lines() if line.get_markerfacecolor() == "none")
     assert hollow == [(0.22, 100.4), (0.22, 112.382), (1.22, 71.8), (3.22, 67.813),
                       (3.22, 72.255)]
-    assert len(plotting.plot_cll_comparison(fake_table((2,))).axes) == 1
+    assert len(plot_results.plot_cll_comparison(fake_table((2,))).axes) == 1
 
 
 def test_plot_cll_comparison_picks_rows_by_key_not_label():
     """Labels that say the opposite of the keys change nothing in the figure."""
     misleading = {"baseline": "CVAE IS (S=100)", "importance": "NN baseline",
                   "gap": "CVAE -ELBO", "neg_elbo": "Performance gap"}
-    figures = [plotting.plot_cll_comparison(table, published_table())
-               for table in (fake_table(), fake_table(labels=misleading))]
-    for ax, relabelled in zip(figures[0].axes, figures[1].axes):
+    drawn = [plot_results.plot_cll_comparison(table, published_table())
+             for table in (fake_table(), fake_table(labels=misleading))]
+    for ax, relabelled in zip(drawn[0].axes, drawn[1].axes):
         assert drawn_estimates(ax) == drawn_estimates(relabelled)
         assert [t.get_text() for t in ax.get_xticklabels()] == \
             [t.get_text() for t in relabelled.get_xticklabels()]
@@ -273,13 +276,13 @@ def test_plot_cll_comparison_picks_rows_by_key_not_label():
 def test_plot_estimator_convergence_one_line_per_estimator():
     sweep = pd.DataFrame({"neg_elbo": [90.0, 90.0], "mc_prior": [99.0, 85.0],
                           "importance": [90.0, 80.0]}, index=pd.Index([1, 10], name="S"))
-    fig = plotting.plot_estimator_convergence(sweep, reference=100.0)
+    fig = plot_results.plot_estimator_convergence(sweep, reference=100.0)
     ax = fig.axes[0]
     labels = [line.get_label() for line in ax.get_lines()]
     assert len(fig.axes) == 1 and labels == ["CVAE $-$ELBO", "CVAE MC prior", "CVAE IS",
                                              "NN baseline"]
     colours = [line.get_color() for line in ax.get_lines()[:3]]
-    assert colours == [plotting.ESTIMATOR_STYLE[key][1] for key in sweep.columns]
+    assert colours == [plot_results.ESTIMATOR_STYLE[key][1] for key in sweep.columns]
     assert ax.get_xscale() == "log"
 
 
@@ -292,9 +295,9 @@ def test_training_frames_one_frame_per_epoch(quadrants):
     assert not np.array_equal(frames[0], frames[1])                   # frames differ
     # each frame, drawn by updating the first epoch's figure, is the one a new figure would show
     for epoch in (2, 3):
-        fresh = plotting.plot_training_frame(q.x[:2], q.y[:2], history.snapshots[epoch - 1],
-                                             history, epoch, num_quadrants=1, dpi=40)
-        np.testing.assert_array_equal(frames[epoch - 1], plotting.figure_to_array(fresh))
+        fresh = plot_training.plot_training_frame(q.x[:2], q.y[:2], history.snapshots[epoch - 1],
+                                                  history, epoch, num_quadrants=1, dpi=40)
+        np.testing.assert_array_equal(frames[epoch - 1], figures.figure_to_array(fresh))
     with pytest.raises(ValueError, match="no snapshots"):
         animation.training_frames(History(train_loss=[1.0], val_loss=[1.0], seconds=[0.1]),
                                   q.x[:2], q.y[:2], 1)
@@ -366,9 +369,9 @@ def test_book_figures_are_opaque_even_with_a_transparent_style():
     images = torch.rand(6, 784)
     with matplotlib.rc_context({"savefig.transparent": True, "figure.facecolor": "none",
                                 "axes.facecolor": "none"}):
-        figures = [plotting.plot_digits(images, ncols=3), plotting.plot_graphical_models(),
-                   plotting.plot_estimator_intuition()]
-        for fig in figures:
+        drawn = [plot_data.plot_digits(images, ncols=3), plot_maths.plot_graphical_models(),
+                 plot_maths.plot_estimator_intuition()]
+        for fig in drawn:
             rgba = np.asarray(Image.open(io.BytesIO(fig._repr_png_())).convert("RGBA"))
             assert rgba[..., 3].min() == 255
             # the background is white, as in light mode (a corner pixel of the figure)

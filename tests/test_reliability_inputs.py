@@ -9,7 +9,7 @@ import torch
 from cvae_utils import (QuadrantData, baseline_ncll, cll_table, complete_digit,
                         cvae_importance_sampling, cvae_mc_prior, cvae_neg_elbo, make_quadrant_data,
                         mask_quadrants, train_baseline, train_cvae)
-from cvae_utils.tables import _check_quadrant_counts
+from cvae_utils.tables import check_quadrant_counts
 
 ESTIMATORS = [cvae_neg_elbo, cvae_mc_prior, cvae_importance_sampling]
 
@@ -98,10 +98,10 @@ def test_images_of_the_wrong_kind_are_explained():
 
 
 def test_one_quadrant_count_is_a_table_of_one_column_and_nonsense_is_explained():
-    assert _check_quadrant_counts(1) == [1]
-    assert _check_quadrant_counts((3, 1)) == [3, 1]
+    assert check_quadrant_counts(1) == [1]
+    assert check_quadrant_counts((3, 1)) == [3, 1]
     with pytest.raises(ValueError, match="e.g. \\(1, 2, 3\\) or 1"):
-        _check_quadrant_counts("12")
+        check_quadrant_counts("12")
     with pytest.raises(ValueError, match="the int 1, 2 or 3"):
         cll_table(4)
 

@@ -135,7 +135,7 @@ def test_plan_estimates_only_what_the_executing_chapters_train(cache_path):
 
 def test_the_cll_table_and_the_variants_report_each_item(tiny_data, tmp_path, progress_file):
     from cvae_utils.tables import cll_table
-    from cvae_utils.tables import variants_table
+    from cvae_utils.variants import variants_table
 
     budget = Budget("smoke", num_train=64, num_val=32, num_test=16, max_epochs=1)
     tiny = SMALL.replace(hidden_1=16, hidden_2=16, z_dim=3, batch_size=32)

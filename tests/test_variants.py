@@ -1,5 +1,5 @@
 """Tests of cvae_utils.variants (the variants' configurations, the chapter's budget, TorchZQ's
-numbers, `variant_comparison`) and of `cvae_utils.tables.variants_table` on tiny models and
+numbers, `variant_comparison`) and of `cvae_utils.variants.variants_table` on tiny models and
 synthetic digits: the GSNN row against `cvae_mc_prior` called directly, the other rows against
 `cvae_importance_sampling`, bit for bit; the cache; rows by key; and `plot_variants`."""
 from __future__ import annotations
@@ -13,16 +13,17 @@ import pytest
 import torch
 
 from cvae_utils import cache as cache_module
-from cvae_utils import tables
+from cvae_utils import variants as variants_module
 from cvae_utils.cache import model_key, trained_baseline, trained_cvae
 from cvae_utils.config import BaselineConfig, Budget, CVAEConfig, book_config, tutorial_config
 from cvae_utils.data import make_quadrant_data
 from cvae_utils.evaluate import baseline_ncll, cvae_importance_sampling, cvae_mc_prior
-from cvae_utils.plotting import plot_variants
-from cvae_utils.tables import format_table, make_table, variant_label, variants_table
-from cvae_utils.variants import (TORCHZQ_ABLATION, VARIANT_CHANGES, VARIANT_LABELS, VARIANTS,
-                                 torchzq_ablation, variant_comparison, variant_config,
-                                 variants_budget, variants_overview)
+from cvae_utils.plot_results import plot_variants
+from cvae_utils.published import TORCHZQ_ABLATION
+from cvae_utils.tables import format_table, make_table
+from cvae_utils.variants import (VARIANT_CHANGES, VARIANT_LABELS, VARIANTS, torchzq_ablation,
+                                 variant_comparison, variant_config, variant_label,
+                                 variants_budget, variants_overview, variants_table)
 
 TINY = CVAEConfig(baseline=BaselineConfig(hidden_1=16, hidden_2=16, batch_size=32),
                   hidden_1=16, hidden_2=16, z_dim=3, batch_size=32)
@@ -136,8 +137,8 @@ def test_variants_budget_override_and_errors(monkeypatch):
 def test_bad_arguments_raise_before_any_work(monkeypatch, tmp_path, kwargs, message):
     def forbidden(*args, **kwargs):
         raise AssertionError("nothing should be loaded or trained")
-    monkeypatch.setattr(tables, "trained_cvae", forbidden)
-    monkeypatch.setattr(tables, "load_mnist", forbidden)
+    monkeypatch.setattr(variants_module, "trained_cvae", forbidden)
+    monkeypatch.setattr(variants_module, "load_mnist", forbidden)
     with pytest.raises(ValueError, match=message):
         variants_table(**{"budget": TINY_BUDGET, "cache": tmp_path, **kwargs})
 
@@ -200,11 +201,11 @@ def test_table_rows_estimators_cache_and_figure(tiny_data, tmp_path, monkeypatch
     with monkeypatch.context() as patch:
         for name in ("trained_cvae", "trained_baseline", "load_mnist", "cvae_importance_sampling",
                      "cvae_mc_prior", "baseline_ncll"):
-            patch.setattr(tables, name, forbidden)
+            patch.setattr(variants_module, name, forbidden)
         again = variants_table(**{**kwargs, "data": None})
         # the key is derived from the models' keys: a changed model key is another table
-        real_key = tables.model_key
-        patch.setattr(tables, "model_key", lambda kind, config, *args: {
+        real_key = variants_module.model_key
+        patch.setattr(variants_module, "model_key", lambda kind, config, *args: {
             **real_key(kind, config, *args),
             **({"changed": True} if kind == "cvae" and config.objective == "gsnn" else {})})
         with pytest.raises(AssertionError, match="cached table"):
