@@ -37,6 +37,7 @@ from .classifier import DigitClassifier
 from .data import NUM_PIXELS, input_mask
 from .files import write_atomically
 from .networks import CVAE, BaselineNet, Decoder, Encoder, fill_missing
+from .variant_models import ZDecoder
 
 __all__ = ["export_model", "export_cvae", "round_weights_float16", "torch_completions",
            "onnx_completions", "load_onnx_cvae", "MANIFEST_NAME", "CVAE_FILES", "MIN_CAST_SIZE"]
@@ -87,7 +88,7 @@ def _program(module: nn.Module):
     if isinstance(module, Encoder):
         return module, (torch.zeros(2, NUM_PIXELS),), ["image"], ["loc", "scale"]
     if isinstance(module, Decoder):
-        z_dim = module.net[0].in_features - (NUM_PIXELS if module.sees_x else 0)
+        z_dim = module.net[0].in_features - (0 if isinstance(module, ZDecoder) else NUM_PIXELS)
         return _GenerationProbs(module), (torch.zeros(2, z_dim), x), ["z", "x"], ["probs"]
     if isinstance(module, DigitClassifier):
         return module, (torch.zeros(2, NUM_PIXELS),), ["image"], ["logits"]

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from cvae_utils.variant_models import build_cvae
 from cvae_utils.browser import (DEMO_DIGITS, MATHJAX_ENTRY, RUNTIME_FILES, copy_mathjax,
                                 copy_runtime, find_node_modules, served_name)
 
@@ -53,7 +54,7 @@ def test_export_interactive_writes_what_the_page_reads(tmp_path):
 
     config = book_config()
     torch.manual_seed(0)
-    index = export_interactive({2: CVAE(BaselineNet(config.baseline), config)}, torch.rand(10, 28, 28),
+    index = export_interactive({2: build_cvae(BaselineNet(config.baseline), config)}, torch.rand(10, 28, 28),
                                tmp_path)
     assert json.loads((tmp_path / "index.json").read_text()) == index
     setting = index["settings"]["2"]

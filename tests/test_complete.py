@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from cvae_utils.variant_models import build_cvae
 from cvae_utils.complete import Completion, best_layout, complete_digit, draw_digit_strokes
 from cvae_utils.data import input_mask
 from cvae_utils.networks import CVAE, BaselineNet
@@ -17,7 +18,7 @@ from cvae_utils.plot_results import plot_completion
 @pytest.fixture(scope="module")
 def cvae(toy_config) -> CVAE:
     torch.manual_seed(0)
-    return CVAE(BaselineNet(toy_config), toy_config).eval()
+    return build_cvae(BaselineNet(toy_config), toy_config).eval()
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def test_mask_picks_models_by_best_layout_and_warns_when_far(image, toy_config):
     models = {}
     for k in (1, 2, 3):
         torch.manual_seed(k)
-        models[k] = CVAE(BaselineNet(toy_config), toy_config).eval()
+        models[k] = build_cvae(BaselineNet(toy_config), toy_config).eval()
     mask = input_mask(2).numpy().copy()
     mask[:3, 14:17] = True                       # the left half and a few more pixels
     assert best_layout(mask)[0] == 2

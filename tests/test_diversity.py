@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from cvae_utils.variant_models import build_cvae
 from cvae_utils.config import Budget
 from cvae_utils.data import Split, make_quadrant_data
 from cvae_utils.diversity import (CRITERIA, AmbiguousInput, ambiguous_examples, assemble,
@@ -125,7 +126,7 @@ def test_metrics_against_hand_computed_values(chunk_size):
 
 def test_seed_gives_identical_numbers_and_leaves_global_rng_alone(tiny_data, toy_config):
     torch.manual_seed(0)
-    cvae = CVAE(BaselineNet(toy_config), toy_config).eval()
+    cvae = build_cvae(BaselineNet(toy_config), toy_config).eval()
     torch.manual_seed(0)
     classifier = nn.Sequential(nn.Linear(784, 10)).eval()
     state = torch.get_rng_state()

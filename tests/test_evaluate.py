@@ -234,7 +234,7 @@ def quadrant_data(num_images: int, num_quadrants: int, seed: int = 0) -> Quadran
 @pytest.fixture(scope="module")
 def tiny_cvae():
     torch.manual_seed(0)
-    return CVAE(BaselineNet(TINY), TINY).eval()
+    return build_cvae(BaselineNet(TINY), TINY).eval()
 
 
 def test_baseline_ncll_matches_torch_bce():

@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from cvae_utils.variant_models import build_cvae
 from cvae_utils import book_config, input_mask, tutorial_config  # noqa: E402
 from cvae_utils.classifier import DigitClassifier  # noqa: E402
 from cvae_utils.export import (export_cvae, export_model, load_onnx_cvae,  # noqa: E402
@@ -21,7 +22,7 @@ TOLERANCE = 1e-5
 
 def _random_cvae(config, seed=0):
     torch.manual_seed(seed)
-    cvae = CVAE(BaselineNet(config.baseline), config)
+    cvae = build_cvae(BaselineNet(config.baseline), config)
     with torch.no_grad():  # weights larger than at initialisation: saturated, varied pixels
         for parameter in cvae.parameters():
             parameter.mul_(1.5)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
+from cvae_utils.variant_models import build_cvae
 from cvae_utils import CVAE, BaselineNet, CVAEConfig, mask_quadrants, masked_bce
 from cvae_utils.speed import decoder_hidden
 from cvae_utils.speed import float32_outputs
@@ -87,7 +88,7 @@ def test_model_and_guide_trace_with_the_right_shapes(sees_x):
 
 
 def test_prior_sees_the_baseline_guess_and_recognition_sees_the_truth():
-    cvae = CVAE(BaselineNet(SMALL), SMALL)
+    cvae = build_cvae(BaselineNet(SMALL), SMALL)
     x, y = masked_batch(n=3)
     seen = {}
 
@@ -106,7 +107,7 @@ def test_prior_sees_the_baseline_guess_and_recognition_sees_the_truth():
 
 
 def test_baseline_stays_frozen_under_svi():
-    cvae = CVAE(BaselineNet(SMALL), SMALL)
+    cvae = build_cvae(BaselineNet(SMALL), SMALL)
     before = [p.clone() for p in cvae.baseline.parameters()]
     svi = SVI(cvae.model, cvae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     x, y = masked_batch(n=8)
@@ -153,7 +154,7 @@ def test_config_rejects_nonsense():
 def test_float32_outputs_make_the_networks_return_float32_under_bfloat16_autocast():
     """Mixed precision runs the products in bfloat16 but hands float32 to the distributions
     (the hooks of `speed.float32_outputs`); without autocast the hooks change nothing."""
-    cvae = CVAE(BaselineNet(SMALL), SMALL)
+    cvae = build_cvae(BaselineNet(SMALL), SMALL)
     x, y, _, _ = mask_quadrants(torch.rand(4, 784), 1)
     z = torch.randn(4, SMALL.z_dim)
     with torch.no_grad():

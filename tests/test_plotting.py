@@ -14,6 +14,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from cvae_utils.variant_models import build_cvae
 from cvae_utils import CVAE, BaselineNet, CVAEConfig, History, input_mask, make_quadrant_data
 from cvae_utils import (analysis, animation, figures, plot_data, plot_maths, plot_results,
                         plot_training)
@@ -52,7 +53,7 @@ def quadrants(tiny_data):
 @pytest.fixture
 def small_cvae():
     torch.manual_seed(0)
-    return CVAE(BaselineNet(SMALL), SMALL).eval()
+    return build_cvae(BaselineNet(SMALL), SMALL).eval()
 
 
 CLL_VALUES = {"baseline": (100.0, 1.0), "neg_elbo": (80.0, 0.5), "mc_prior": (78.0, 0.6),

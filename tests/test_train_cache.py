@@ -182,7 +182,7 @@ def test_variants_train_and_lower_their_loss(changes, tiny_data):
 def test_gsnn_loss_has_no_kl_term(tiny_data):
     """With the prior as guide, Pyro's ELBO is exactly the Monte Carlo likelihood under the prior."""
     train, _ = quadrant_splits(tiny_data)
-    cvae = CVAE(BaselineNet(BASE), SMALL)
+    cvae = build_cvae(BaselineNet(BASE), SMALL)
     x, y = train.x[:8], train.y[:8]
     guide_trace = poutine.trace(prior_guide(cvae)).get_trace(x, y)
     model_trace = poutine.trace(poutine.replay(cvae.model, trace=guide_trace)).get_trace(x, y)
@@ -193,7 +193,7 @@ def test_gsnn_loss_has_no_kl_term(tiny_data):
 
 def test_kl_warmup_scales_the_kl_term(tiny_data):
     train, _ = quadrant_splits(tiny_data)
-    cvae = CVAE(BaselineNet(BASE), SMALL)
+    cvae = build_cvae(BaselineNet(BASE), SMALL)
     x, y = train.x[:4], train.y[:4]
     weight = KLWeight(0.25)
     guide_trace = poutine.trace(weight(cvae.guide)).get_trace(x, y)
