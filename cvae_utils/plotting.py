@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, RegularPolygon
 from matplotlib.ticker import MaxNLocator
 
+from .config import check_int
 from .networks import device_of
 
 if TYPE_CHECKING:  # the results these figures draw
@@ -702,8 +703,7 @@ def plot_identity_groups(inputs: Sequence["AmbiguousInput"], max_per_group: int 
     if not inputs:
         raise ValueError("plot_identity_groups needs at least one input (find_ambiguous found "
                          "none: try more inputs, more samples or a smaller min_count)")
-    if isinstance(max_per_group, bool) or not isinstance(max_per_group, int) or max_per_group < 1:
-        raise ValueError(f"max_per_group must be a positive int, got {max_per_group!r}")
+    check_int("max_per_group", max_per_group, 1, rule="a positive int")
     lead = 2 if show_truth else 1
     widths = [1] * lead + [max_per_group] * 2
     fig = _new_figure((0.55 * sum(widths) + 0.8, 0.95 * len(inputs) + 0.2))

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 import torch
 
-from . import terminal
+from .progress import item_done
 from .cache import cache_dir, code_digest, key_digest, model_key, trained_baseline, trained_cvae
 from .config import Budget, CVAEConfig, get_budget
 from .data import MNISTData, check_num_quadrants, load_mnist, make_quadrant_data
@@ -385,9 +385,8 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
         _say(progress, f"k={k}: " + ", ".join(f"{row} {scores.means[row][str(k)]:.2f}"
                                               for row in CLL_ROWS)
              + f" ({time.perf_counter() - start:.1f} s, N={len(test)})")
-        terminal.item_done("CLL table", ks.index(k) + 1, len(ks), f"k={k}, N={len(test)}: NN "
-                           f"{nn.mean:.2f}, CVAE IS {importance.mean:.2f}",
-                           time.perf_counter() - start)
+        item_done("CLL table", ks.index(k) + 1, len(ks), f"k={k}, N={len(test)}: NN "
+                  f"{nn.mean:.2f}, CVAE IS {importance.mean:.2f}", time.perf_counter() - start)
     frame = make_table(scores.means, scores.stderrs, index_name="method",
                        **{**attrs, "num_test": len(test_split)})
     if use_cache:
@@ -472,9 +471,9 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
             scores.record(name, k, estimate_fns[estimators[name]](cvae, test, num_samples, seed))
             _say(progress, f"k={k} {labels[name]}: {scores.means[name][str(k)]:.2f} "
                            f"({time.perf_counter() - start:.1f} s, N={len(test)})")
-            terminal.item_done("variants", ks.index(k) * len(keys) + keys.index(name) + 1,
-                               len(ks) * len(keys), f"k={k} {name}: "
-                               f"{scores.means[name][str(k)]:.2f}", time.perf_counter() - start)
+            item_done("variants", ks.index(k) * len(keys) + keys.index(name) + 1,
+                      len(ks) * len(keys), f"k={k} {name}: {scores.means[name][str(k)]:.2f}",
+                      time.perf_counter() - start)
             del cvae
     frame = make_table(scores.means, scores.stderrs, index_name="variant",
                        **{**attrs, "num_test": len(test_split)})

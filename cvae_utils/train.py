@@ -26,7 +26,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
-from . import terminal
+from .progress import epoch_done
 from .config import BaselineConfig, CVAEConfig
 from .data import QuadrantData, check_layout, check_quadrant_data, iterate_minibatches
 from .networks import CVAE, BaselineNet, masked_bce
@@ -149,7 +149,7 @@ def fit(model: torch.nn.Module, *, step: Callable[[torch.Tensor], float],
                 waited += 1
             bar.set_postfix(epoch=epoch, train=f"{total / num_train:.2f}", val=f"{val:.2f}",
                             best=history.best_epoch)
-            terminal.epoch_done(desc, epoch, max_epochs, val, history.seconds, history.best_epoch)
+            epoch_done(desc, epoch, max_epochs, val, history.seconds, history.best_epoch)
             if waited >= patience:
                 break
     if best_state is None:

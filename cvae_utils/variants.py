@@ -20,6 +20,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
+from . import settings
 from .config import BUDGETS, Budget, CVAEConfig, get_budget, parse_budget, tutorial_config
 
 if TYPE_CHECKING:  # imported where used: pandas is slow to import
@@ -120,7 +121,7 @@ def variants_budget(name: str | Budget | None = None) -> Budget:
     """
     if name is not None:
         return get_budget(name)
-    value = os.environ.get("CVAE_VARIANTS_BUDGET", "")
+    value = settings.variants_budget_name()
     if value:  # the same rule as CVAE_BUDGET and the command line: a budget's exact name
         try:
             return parse_budget(value, "environment variable CVAE_VARIANTS_BUDGET")
