@@ -100,7 +100,7 @@ def main(argv=None):
             log.close()
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
         if args.what == "book":
-            # one execution cache per pair of budgets (cvae_utils.bookbuild); a fresh build has one
+            # one execution cache per pair of budgets (book/_ext/book_build.py); a fresh build has one
             caches = sorted((Path(tmp) / "build" / "_build" / ".jupyter_cache").glob("budget-*"))
             print_chapter_times(caches[0] if caches else Path(tmp) / "build" / "_build")
         built = Path(tmp) / "build" / "_build" / "html"

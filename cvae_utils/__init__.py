@@ -11,10 +11,11 @@ show), `figures` (what every figure shares) with the figures of each group of ch
 `plot_data`, `plot_training`, `plot_maths` and `plot_results`, `animation`, and beyond the
 tutorial `classifier`, `diversity` (how often samples change the digit) and `complete`
 (completing any partial digit). Run
-``python -m cvae_utils train --help`` to pre-train models. The build of the book has its own
-modules: `bookbuild` (the Sphinx extension), `buildplan` (what a build will train, and how long),
-`kernel_launcher` (the chapters' kernels, without transport noise) and `terminal` (the progress
-lines that training and the tables write to the build's terminal).
+``python -m cvae_utils train --help`` to pre-train models. `settings` reads every ``CVAE_*``
+environment variable; `progress` logs a line per epoch and per table row, for whoever listens;
+`book_models` lists the models a budget of the book needs; `interactive` writes the files of the
+browser page. The build of the book is not part of the package: its modules are in
+``book/_ext/`` and import the package, never the other way round.
 
 This namespace holds what the chapters and the README use, except the figures, which are imported
 from their modules (so that importing the package does not import matplotlib); everything else

@@ -33,6 +33,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from . import settings
 from .config import BaselineConfig, Budget, CVAEConfig, get_budget
 from .data import MNISTData, check_num_quadrants, input_mask, load_mnist, make_quadrant_data
 from .files import check_writable, write_atomically
@@ -60,7 +61,7 @@ class CheckpointError(RuntimeError):
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
     """The model cache: the argument, else ``CVAE_CACHE_DIR``, else ``~/.cache/cvae_utils/models``."""
     if path is None:
-        path = os.environ.get("CVAE_CACHE_DIR") or Path.home() / ".cache" / "cvae_utils" / "models"
+        path = settings.cache_dir()
     return Path(path).expanduser()
 
 

@@ -23,7 +23,6 @@ a few pen strokes with numpy, so that the book can complete a digit that is in n
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import check_int
 from .data import IMAGE_SIDE, NUM_PIXELS, check_layout, check_num_quadrants, input_mask
 from .diversity import assemble, sample_completions
 from .networks import device_of
@@ -172,11 +172,8 @@ def complete_digit(image, num_quadrants: int | None = None, known_mask=None, *,
         raise ValueError("give exactly one of num_quadrants (1, 2 or 3) and known_mask (a "
                          "boolean (28, 28) array), not "
                          + ("both" if known_mask is not None else "neither"))
-    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) \
-            or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    check_int("num_samples", num_samples, 1, rule="a positive int")
+    check_int("seed", seed)
     if num_quadrants is not None:
         k, match = check_num_quadrants(num_quadrants), 1.0
         mask = input_mask(k).numpy()

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from . import settings
+
 __all__ = ["BaselineConfig", "CVAEConfig", "ClassifierConfig", "Budget", "BUDGETS", "get_budget",
-           "parse_budget", "tutorial_config", "book_config", "PRECISIONS"]
+           "parse_budget", "tutorial_config", "book_config", "PRECISIONS", "check_int",
+           "check_number"]
 
 PRECISIONS = ("auto", "fp32", "bf16")  # "auto": bf16 where this machine multiplies it fast
 
@@ -36,24 +38,54 @@ PRECISIONS = ("auto", "fp32", "bf16")  # "auto": bf16 where this machine multipl
 # Checks shared by every config
 # ------------------------------------------------------------------------------------------------
 
-def _fail(owner: str, name: str, rule: str, value) -> None:
-    raise ValueError(f"{owner}.{name} must be {rule}, got {value!r}")
+def check_int(name: str, value, smallest: int | None = None, largest: int | None = None, *,
+              rule: str | None = None, hint: str = "") -> int:
+    """``value`` as an int, if it is an integer (not a bool) in [``smallest``, ``largest``];
+    else a ValueError: "<name> must be <rule>, got <value!r><hint>".
+
+    The one check of every integer argument of the package. ``rule`` defaults to "an int",
+    "an int >= <smallest>" or "an int in [<smallest>, <largest>]".
+    """
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or (smallest is not None and value < smallest)
+            or (largest is not None and value > largest)):
+        if rule is None:
+            rule = ("an int" if smallest is None and largest is None
+                    else f"an int >= {smallest}" if largest is None
+                    else f"an int <= {largest}" if smallest is None
+                    else f"an int in [{smallest}, {largest}]")
+        raise ValueError(f"{name} must be {rule}, got {value!r}{hint}")
+    return int(value)
 
 
-def _int(owner: str, name: str, value, smallest: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < smallest:
-        _fail(owner, name, f"an int >= {smallest}", value)
-
-
-def _number(owner: str, name: str, value, low: float, high: float, *, low_open: bool = False,
-            high_open: bool = False) -> None:
+def check_number(name: str, value, low: float, high: float, *, low_open: bool = False,
+                 high_open: bool = False, rule: str | None = None) -> float:
+    """``value`` if it is a finite real number (not a bool) in the interval from ``low`` to
+    ``high`` (open at either end on request); else a ValueError: "<name> must be <rule>, got
+    <value!r>", ``rule`` defaulting to "a finite number in [low, high]" (or open brackets)."""
     ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
           and math.isfinite(value)
           and (value > low if low_open else value >= low)
           and (value < high if high_open else value <= high))
     if not ok:
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        _fail(owner, name, f"a finite number in {left}{low:g}, {high:g}{right}", value)
+        if rule is None:
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            rule = f"a finite number in {left}{low:g}, {high:g}{right}"
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    return value
+
+
+def _fail(owner: str, name: str, rule: str, value) -> None:
+    raise ValueError(f"{owner}.{name} must be {rule}, got {value!r}")
+
+
+def _int(owner: str, name: str, value, smallest: int) -> None:
+    check_int(f"{owner}.{name}", value, smallest)
+
+
+def _number(owner: str, name: str, value, low: float, high: float, *, low_open: bool = False,
+            high_open: bool = False) -> None:
+    check_number(f"{owner}.{name}", value, low, high, low_open=low_open, high_open=high_open)
 
 
 def _flag(owner: str, name: str, value) -> None:
@@ -211,9 +243,7 @@ class ClassifierConfig(_Config):
         for name in ("batch_size", "patience", "max_epochs"):
             _int(owner, name, getattr(self, name), 1)
         _int(owner, "seed", self.seed, 0)
-        if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, numbers.Integral) \
-                or not 0 <= self.max_shift < 14:
-            _fail(owner, "max_shift", "an int in [0, 13]", self.max_shift)
+        check_int(f"{owner}.max_shift", self.max_shift, 0, 13)
         _number(owner, "dropout", self.dropout, 0.0, 1.0, high_open=True)
         _number(owner, "lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
 
@@ -273,7 +303,7 @@ BUDGETS = {
     "paper": Budget("paper", num_train=50_000, num_val=10_000, num_test=10_000, max_epochs=100),
 }
 
-DEFAULT_BUDGET = "paper"
+DEFAULT_BUDGET = settings.DEFAULT_BUDGET
 
 
 def parse_budget(value, source: str = "argument") -> Budget:
@@ -297,6 +327,5 @@ def parse_budget(value, source: str = "argument") -> Budget:
 def get_budget(name: str | Budget | None = None) -> Budget:
     """Return the named budget; with no name, the one in ``CVAE_BUDGET`` (default ``paper``)."""
     if name is None:
-        return parse_budget(os.environ.get("CVAE_BUDGET", DEFAULT_BUDGET),
-                            "environment variable CVAE_BUDGET")
+        return parse_budget(settings.budget_name(), "environment variable CVAE_BUDGET")
     return parse_budget(name)

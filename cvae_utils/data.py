@@ -25,6 +25,8 @@ from typing import Iterator
 
 import torch
 
+from . import settings
+from .config import check_int
 from .files import write_atomically
 
 __all__ = [
@@ -72,7 +74,7 @@ class MNISTDataError(ValueError):
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The data root: the argument, else ``CVAE_DATA_DIR``, else ``~/.cache/cvae_utils/data``."""
     if root is None:
-        root = os.environ.get("CVAE_DATA_DIR") or Path.home() / ".cache" / "cvae_utils" / "data"
+        root = settings.data_dir()
     return Path(root).expanduser()
 
 
@@ -216,12 +218,8 @@ def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> 
 
 def check_num_quadrants(num_quadrants) -> int:
     """Return ``num_quadrants`` as an int if it is 1, 2 or 3; raise ValueError otherwise."""
-    if (isinstance(num_quadrants, bool) or not isinstance(num_quadrants, numbers.Integral)
-            or int(num_quadrants) not in (1, 2, 3)):
-        raise ValueError(
-            f"the number of input quadrants must be the int 1, 2 or 3, got {num_quadrants!r}"
-        )
-    return int(num_quadrants)
+    return check_int("the number of input quadrants", num_quadrants, 1, 3,
+                     rule="the int 1, 2 or 3")
 
 
 def quadrant_label(num_quadrants: int, word: str = "") -> str:
@@ -379,8 +377,7 @@ def iterate_minibatches(num_items: int, batch_size: int, generator: torch.Genera
     The last batch is shorter when ``batch_size`` does not divide ``num_items``; callers weight
     per-image losses by batch size so that it counts for what it holds.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, 1, rule=">= 1")
     order = (torch.randperm(num_items, generator=generator) if shuffle
              else torch.arange(num_items))
     yield from order.split(batch_size)

@@ -52,7 +52,7 @@ from torch import nn
 
 from .cache import trained_cvae
 from .classifier import NUM_CLASSES, digit_probabilities, predict_digits, trained_classifier
-from .config import Budget, CVAEConfig, get_budget
+from .config import Budget, CVAEConfig, check_int, get_budget
 from .data import (IMAGE_SIDE, NUM_PIXELS, MNISTData, Split, check_num_quadrants, load_mnist,
                    make_quadrant_data, mask_quadrants)
 from .networks import device_of
@@ -169,9 +169,7 @@ class IdentityDiversity:
 
 
 def _check_positive(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return check_int(name, value, 1, rule="a positive int")
 
 
 @torch.no_grad()

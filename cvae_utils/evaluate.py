@@ -23,7 +23,6 @@ models, are in `cvae_utils.tables`.
 from __future__ import annotations
 
 import math
-import numbers
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
+from .config import check_int
 from .data import QuadrantData, check_layout, check_quadrant_data
 from .data import NUM_PIXELS
 from .networks import CVAE, BaselineNet, device_of, masked_bce
@@ -229,11 +229,8 @@ _ESTIMATORS = {"neg_elbo": neg_elbo, "mc_prior": neg_log_mc_prior,
 
 def check_num_samples(num_samples, name: str = "num_samples") -> int:
     """``num_samples`` as an int, or a ValueError naming ``name`` if it is not an int >= 1."""
-    if (isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral)
-            or num_samples < 1):
-        raise ValueError(f"{name} must be an int >= 1 (samples of z per image), got "
-                         f"{num_samples!r}; pass e.g. {name}=100")
-    return int(num_samples)
+    return check_int(name, num_samples, 1, rule="an int >= 1 (samples of z per image)",
+                     hint=f"; pass e.g. {name}=100")
 
 
 def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -259,11 +256,7 @@ def _check_quadrant_data(data: QuadrantData, model: torch.nn.Module) -> float:
 def _chunk_size(num_samples: int, chunk_size: int | None) -> int:
     if chunk_size is None:
         return max(1, PAIRS_PER_CHUNK // num_samples)
-    if (isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral)
-            or chunk_size < 1):
-        raise ValueError(f"chunk_size must be an int >= 1 (images per chunk) or None, got "
-                         f"{chunk_size!r}")
-    return int(chunk_size)
+    return check_int("chunk_size", chunk_size, 1, rule="an int >= 1 (images per chunk) or None")
 
 
 @torch.no_grad()
@@ -281,8 +274,7 @@ def estimate_nll(method: str, condition: Callable[[torch.Tensor, torch.Tensor], 
     if method not in _ESTIMATORS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     num_samples = check_num_samples(num_samples)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    check_int("seed", seed)
     _check_xy(x, y)
     chunk = _chunk_size(num_samples, chunk_size)
     estimator = _ESTIMATORS[method]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BaselineConfig, CVAEConfig
+from .config import BaselineConfig, CVAEConfig, check_int
 from .data import IMAGE_SIDE, NUM_PIXELS
 
 __all__ = ["BaselineNet", "Encoder", "Decoder", "CVAE", "masked_bce", "fill_missing", "device_of",
@@ -222,9 +222,8 @@ class CVAE(nn.Module):
     @torch.no_grad()
     def sample(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
         """Completions of y drawn from the prior: (num_samples, batch, 784) pixel probabilities."""
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1 (completions per input), got "
-                             f"{num_samples!r}")
+        num_samples = check_int("num_samples", num_samples, 1,
+                                rule="an int >= 1 (completions per input)")
         x = _flat(x)
         z = self.prior(x).sample((num_samples,))                       # (S, batch, z_dim)
         return torch.sigmoid(self.generation_net(z, x))

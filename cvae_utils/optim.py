@@ -12,11 +12,12 @@ step) for less work per step; `DECISIONS.md` has the measurements.
 from __future__ import annotations
 
 import contextlib
-import numbers
 from typing import Iterable
 
 import pyro
 import torch
+
+from .config import check_int, check_number
 
 __all__ = ["JointAdam", "WeightAverage"]
 
@@ -73,11 +74,8 @@ class WeightAverage:
     """
 
     def __init__(self, params: Iterable[torch.Tensor], decay: float, every: int = 1):
-        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) \
-                or not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must lie in [0, 1), got {decay!r}")
-        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        check_number("decay", decay, 0.0, 1.0, high_open=True, rule="in [0, 1)")
+        check_int("every", every, 1)
         self.decay, self.every, self.steps = decay, every, 0
         self.params = [p for p in params if p.requires_grad] if decay else []
         self.averages = [p.detach().clone() for p in self.params]

@@ -14,6 +14,7 @@ import matplotlib.lines
 import numpy as np
 from matplotlib.figure import Figure
 
+from .config import check_int
 from .data import IMAGE_SIDE
 from .figures import BOUNDARY_COLOR, image_cmap, new_figure
 
@@ -174,8 +175,7 @@ def plot_identity_groups(inputs: Sequence["AmbiguousInput"], max_per_group: int 
     if not inputs:
         raise ValueError("plot_identity_groups needs at least one input (find_ambiguous found "
                          "none: try more inputs, more samples or a smaller min_count)")
-    if isinstance(max_per_group, bool) or not isinstance(max_per_group, int) or max_per_group < 1:
-        raise ValueError(f"max_per_group must be a positive int, got {max_per_group!r}")
+    check_int("max_per_group", max_per_group, 1, rule="a positive int")
     lead = 2 if show_truth else 1
     widths = [1] * lead + [max_per_group] * 2
     fig = new_figure((0.55 * sum(widths) + 0.8, 0.95 * len(inputs) + 0.2))

@@ -30,10 +30,11 @@ from torch import nn
 from .data import NUM_PIXELS
 from .networks import BaselineNet, Decoder, Encoder
 
+from .settings import PRECISION_ENV, precision_override
+
 __all__ = ["fast_bfloat16", "resolve_precision", "explain_precision", "precision_override",
            "autocast", "float32_outputs", "decoder_hidden", "flush_denormals", "BF16_CPU_FLAGS", "PRECISION_ENV"]
 
-PRECISION_ENV = "CVAE_PRECISION"  # fp32, bf16, or auto (the default): what "auto" stands for
 
 # capability flags of torch.cpu.get_capabilities() that mean native bfloat16 products: Intel's
 # AMX tiles, and the AVX-512 BF16 dot-product instructions (AMD Zen 4 and later, Intel Cooper
@@ -57,18 +58,6 @@ def fast_bfloat16(device: torch.device | str | None = None) -> bool:
     except Exception:  # an older torch without the query: assume no
         return False
     return any(bool(capabilities.get(flag, False)) for flag in BF16_CPU_FLAGS)
-
-
-def precision_override() -> str | None:
-    """The precision ``CVAE_PRECISION`` sets for every "auto" ("fp32" or "bf16"), or None when
-    it is unset or "auto"; any other value is a ValueError that names the choices."""
-    value = os.environ.get(PRECISION_ENV, "").strip()
-    if value in ("", "auto"):
-        return None
-    if value not in ("fp32", "bf16"):
-        raise ValueError(f"environment variable {PRECISION_ENV}={value!r}: choose fp32, bf16 or "
-                         f"auto, or unset it to let the machine decide")
-    return value
 
 
 def resolve_precision(precision: str, device: torch.device | str | None = None) -> str:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 
-from . import terminal
+from .progress import item_done
 from .cache import cache_dir, code_digest, key_digest, model_key, trained_baseline, trained_cvae
 from .config import Budget, CVAEConfig, get_budget
 from .data import (NUM_PIXELS, MNISTData, check_num_quadrants, load_mnist, make_quadrant_data,
@@ -321,9 +321,8 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
         say(progress, f"k={k}: " + ", ".join(f"{row} {scores.means[row][str(k)]:.2f}"
                                               for row in CLL_ROWS)
              + f" ({time.perf_counter() - start:.1f} s, N={len(test)})")
-        terminal.item_done("CLL table", ks.index(k) + 1, len(ks), f"k={k}, N={len(test)}: NN "
-                           f"{nn.mean:.2f}, CVAE IS {importance.mean:.2f}",
-                           time.perf_counter() - start)
+        item_done("CLL table", ks.index(k) + 1, len(ks), f"k={k}, N={len(test)}: NN "
+                  f"{nn.mean:.2f}, CVAE IS {importance.mean:.2f}", time.perf_counter() - start)
     frame = make_table(scores.means, scores.stderrs, index_name="method",
                        **{**attrs, "num_test": len(test_split)})
     if use_cache:

@@ -24,7 +24,7 @@ import torch
 from pyro.infer import SVI
 from pyro.poutine.messenger import Messenger
 
-from . import progress
+from .progress import epoch_done
 from .config import BaselineConfig, CVAEConfig
 from .data import QuadrantData, check_layout, check_quadrant_data, iterate_minibatches
 from .networks import CVAE, BaselineNet, masked_bce
@@ -70,8 +70,8 @@ class History:
 
     def report(self, desc: str, max_epochs: int) -> None:
         """Send the last epoch to the progress logger (`cvae_utils.progress`)."""
-        progress.epoch_done(desc, self.num_epochs, max_epochs, self.val_loss[-1], self.seconds,
-                            self.best_epoch)
+        epoch_done(desc, self.num_epochs, max_epochs, self.val_loss[-1], self.seconds,
+                   self.best_epoch)
 
     @property
     def num_epochs(self) -> int:

@@ -23,12 +23,13 @@ import os
 import time
 from typing import TYPE_CHECKING, Sequence
 
-from . import terminal
+from . import settings
 from .cache import model_key, trained_baseline, trained_cvae
 from .config import BUDGETS, Budget, CVAEConfig, get_budget, parse_budget, tutorial_config
 from .data import MNISTData, load_mnist, make_quadrant_data, quadrant_label
 from .evaluate import (DEFAULT_NUM_SAMPLES, baseline_ncll, check_num_samples,
                        cvae_importance_sampling, cvae_mc_prior)
+from .progress import item_done
 from .published import TORCHZQ_ABLATION
 from .tables import (TABLE_CODE, Scores, check_quadrant_counts, load_table, make_table, say,
                      store_table, table_device, table_key, table_paths)
@@ -136,7 +137,7 @@ def variants_budget(name: str | Budget | None = None) -> Budget:
     """
     if name is not None:
         return get_budget(name)
-    value = os.environ.get("CVAE_VARIANTS_BUDGET", "")
+    value = settings.variants_budget_name()
     if value:  # the same rule as CVAE_BUDGET and the command line: a budget's exact name
         try:
             return parse_budget(value, "environment variable CVAE_VARIANTS_BUDGET")
@@ -258,9 +259,9 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
             scores.record(name, k, estimate_fns[estimators[name]](cvae, test, num_samples, seed))
             say(progress, f"k={k} {labels[name]}: {scores.means[name][str(k)]:.2f} "
                            f"({time.perf_counter() - start:.1f} s, N={len(test)})")
-            terminal.item_done("variants", ks.index(k) * len(keys) + keys.index(name) + 1,
-                               len(ks) * len(keys), f"k={k} {name}: "
-                               f"{scores.means[name][str(k)]:.2f}", time.perf_counter() - start)
+            item_done("variants", ks.index(k) * len(keys) + keys.index(name) + 1,
+                      len(ks) * len(keys), f"k={k} {name}: {scores.means[name][str(k)]:.2f}",
+                      time.perf_counter() - start)
             del cvae
     frame = make_table(scores.means, scores.stderrs, index_name="variant",
                        **{**attrs, "num_test": len(test_split)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pyro
@@ -12,6 +13,12 @@ import torch
 
 from cvae_utils.config import BaselineConfig, Budget, CVAEConfig, tutorial_config
 from cvae_utils.data import MNIST_FILES, MNISTData, Split, data_root
+
+# the book's build (book/_ext/: book_build, book_plan, book_terminal, book_kernel, book_browser)
+# is not part of the package; its tests import it from there, as Sphinx does
+BOOK_EXT = Path(__file__).resolve().parents[1] / "book" / "_ext"
+if str(BOOK_EXT) not in sys.path:
+    sys.path.insert(0, str(BOOK_EXT))
 
 SHARED_RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "MNIST" / "raw"
 

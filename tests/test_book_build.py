@@ -1,7 +1,7 @@
 """What ``jupyter-book build`` prints, and which budget its pages show: builds in subprocesses.
 
 Each build is of a copy of the book with a few of its chapters (the real ``_config.yml``, so the
-real extension `cvae_utils.bookbuild`), at the smoke budget, with a fresh model cache, so that
+real extension ``book/_ext/book_build.py``), at the smoke budget, with a fresh model cache, so that
 the chapters train. One build of the chapter "The CVAE in Pyro" is shared by the tests of the
 terminal; four small builds into one output folder test that switching budgets re-executes.
 

@@ -1,4 +1,5 @@
-"""cvae_utils.browser: what the build copies from node_modules, and what it says without it."""
+"""What the build copies from node_modules (book/_ext/book_browser.py), what it says without it,
+and the files of the interactive page (cvae_utils.interactive)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from cvae_utils.variant_models import build_cvae
-from cvae_utils.browser import (DEMO_DIGITS, MATHJAX_ENTRY, RUNTIME_FILES, copy_mathjax,
-                                copy_runtime, find_node_modules, served_name)
+from book_browser import copy_mathjax, copy_runtime, served_name
+from cvae_utils.interactive import DEMO_DIGITS, MATHJAX_ENTRY, RUNTIME_FILES, find_node_modules
 
 
 def _fake_node_modules(root):
@@ -49,7 +50,7 @@ def test_only_the_needed_files_are_copied(tmp_path):
 def test_export_interactive_writes_what_the_page_reads(tmp_path):
     pytest.importorskip("onnxruntime")
     from cvae_utils import book_config, input_mask
-    from cvae_utils.browser import export_interactive
+    from cvae_utils.interactive import export_interactive
     from cvae_utils.networks import CVAE, BaselineNet
 
     config = book_config()

@@ -97,7 +97,7 @@ def test_cvae_precision_forces_every_auto(machine, monkeypatch):
 
 
 def test_a_forced_precision_gets_its_own_models_and_pages(machine, monkeypatch, tmp_path):
-    from cvae_utils.bookbuild import execution_cache_folder
+    from book_build import execution_cache_folder  # book/_ext (tests/conftest.py)
     from cvae_utils.cache import model_key
     from cvae_utils.config import get_budget
 

@@ -1,4 +1,9 @@
-"""The progress channel to the build's terminal, the quiet kernel, and the build plan."""
+"""The progress channel to the build's terminal, the quiet kernel, and the build plan.
+
+The channel has two ends: `cvae_utils.progress` logs the lines, and the book's build
+(``book/_ext``: ``book_terminal.py``, installed in each kernel by ``book_kernel.py``) appends
+them to the file that it relays to its terminal.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,11 +13,12 @@ import pytest
 
 from cvae_utils import (BaselineConfig, CVAEConfig, make_quadrant_data, train_baseline,
                         trained_baseline, tutorial_config)
-from cvae_utils import terminal
-from cvae_utils.buildplan import build_plan, needs_of
+import book_terminal as terminal  # book/_ext, on sys.path from tests/conftest.py
+from book_kernel import TRANSPORT_WARNING, DropTransportWarning
+from book_plan import build_plan, needs_of
+from cvae_utils import progress
 from cvae_utils.cache import checkpoint_path, model_key
 from cvae_utils.config import Budget
-from cvae_utils.kernel_launcher import TRANSPORT_WARNING, DropTransportWarning
 
 SMALL = tutorial_config().replace(
     hidden_1=32, hidden_2=16, z_dim=4, batch_size=16, patience=5,
@@ -21,19 +27,61 @@ SMALL = tutorial_config().replace(
 
 
 @pytest.fixture
-def progress_file(tmp_path, monkeypatch):
+def listening():
+    """Installs the build's handler as the kernel launcher does; takes it off afterwards."""
+    logger = logging.getLogger(terminal.PROGRESS_LOGGER)
+    saved = logger.level, logger.propagate
+    handlers = []
+
+    def listen():
+        handler = terminal.listen_to_progress()
+        handlers.append(handler)
+        return handler
+
+    yield listen
+    for handler in handlers:
+        logger.removeHandler(handler)
+    logger.setLevel(saved[0])
+    logger.propagate = saved[1]
+
+
+@pytest.fixture
+def progress_file(tmp_path, monkeypatch, listening):
     path = tmp_path / "progress.log"
     monkeypatch.setenv(terminal.PROGRESS_ENV, str(path))
+    assert listening() is not None
     return path
 
 
-def test_say_appends_lines_only_when_a_build_listens(tmp_path, monkeypatch):
+def test_lines_reach_the_file_only_when_a_build_listens(tmp_path, monkeypatch, listening):
     monkeypatch.delenv(terminal.PROGRESS_ENV, raising=False)
-    assert terminal.say("nobody listens") is False
+    assert listening() is None  # no build: the launcher installs nothing
+    assert progress.item_done("nobody", 1, 2, "listens", 1.0) is False
     path = tmp_path / "progress.log"
     monkeypatch.setenv(terminal.PROGRESS_ENV, str(path))
-    assert terminal.say("one") and terminal.say("two\nlines")
+    assert listening().path == path
+    assert progress.logger.name == terminal.PROGRESS_LOGGER
+    progress.logger.info("one")
+    progress.logger.info("two\nlines")
     assert path.read_text().splitlines() == ["one", "two lines"]
+
+
+def test_an_unwritable_file_warns_once_and_training_goes_on(tmp_path, monkeypatch, listening):
+    monkeypatch.setenv(terminal.PROGRESS_ENV, str(tmp_path / "missing" / "progress.log"))
+    listening()
+    with pytest.warns(UserWarning, match="cannot write progress") as caught:
+        assert progress.item_done("CLL table", 1, 3, "k=1", 1.0)
+        assert progress.item_done("CLL table", 2, 3, "k=2", 1.0)
+    assert len(caught) == 1
+
+
+def test_nobody_listening_costs_no_formatting(monkeypatch):
+    class Loud:
+        def __format__(self, spec):
+            raise AssertionError("formatted")
+
+    assert not progress.logger.isEnabledFor(logging.INFO)
+    assert progress.epoch_done("cvae k=1", 1, 3, Loud(), [1.0], 1) is False
 
 
 def test_every_epoch_of_a_training_run_reaches_the_channel(tiny_data, progress_file, capsys):
@@ -51,6 +99,7 @@ def test_every_epoch_of_a_training_run_reaches_the_channel(tiny_data, progress_f
 
 
 def test_without_the_channel_the_command_line_keeps_its_bar(tiny_data, monkeypatch, capsys):
+    assert not progress.logger.isEnabledFor(logging.INFO)
     monkeypatch.delenv(terminal.PROGRESS_ENV, raising=False)
     train = make_quadrant_data(tiny_data.train, 1)
     val = make_quadrant_data(tiny_data.val, 1)
@@ -60,14 +109,14 @@ def test_without_the_channel_the_command_line_keeps_its_bar(tiny_data, monkeypat
 
 
 def test_item_lines_estimate_what_is_left(progress_file):
-    assert terminal.item_done("CLL table", 1, 3, "k=1 scored", 30.0)
+    assert progress.item_done("CLL table", 1, 3, "k=1 scored", 30.0)
     assert progress_file.read_text() == "CLL table 1/3: k=1 scored (0:30; about 1:00 left)\n"
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (3725, "1:02:05"),
                                            (float("nan"), "?")])
 def test_durations_read_as_clock_times(seconds, text):
-    assert terminal.format_duration(seconds) == text
+    assert progress.format_duration(seconds) == text
 
 
 def test_relay_passes_on_whole_lines_in_order(tmp_path):

@@ -1,11 +1,11 @@
 """Sphinx extension of the book: what its pages need in a browser, served from the build.
 
-- MathJax from the pinned npm package (``npm ci``), copied into ``_static/mathjax`` and set as
-  ``mathjax_path``, so the maths renders without a network. Without ``node_modules`` the build
+- MathJax from the pinned npm package (``npm ci``), copied into ``_static/mathjax`` (only the
+  `MATHJAX_PARTS` a page loads, `copy_mathjax`) and set as ``mathjax_path``, so the maths renders without a network. Without ``node_modules`` the build
   keeps Sphinx's default CDN and says so in its log.
 - onnxruntime-web's files for the interactive chapter, copied into ``_static/ort`` (only those
-  in `cvae_utils.browser.RUNTIME_FILES`), and the page's own script,
-  `cvae_utils.browser.PAGE_SCRIPT`, into ``_static/interactive/``. It is kept out of
+  in `cvae_utils.interactive.RUNTIME_FILES`, `copy_runtime`), and the page's own script,
+  `cvae_utils.interactive.PAGE_SCRIPT`, into ``_static/interactive/``. It is kept out of
   ``book/_static`` because Jupyter Book adds every ``.js`` file found there to every page, and
   the script belongs to one page only.
 - A downloadable ``.ipynb`` for every chapter: the notebook that MyST-NB executed is copied to
@@ -17,15 +17,58 @@
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from sphinx.util import logging
 
-from cvae_utils.browser import (MATHJAX_ENTRY, PAGE_SCRIPT, copy_mathjax, copy_runtime,
-                                find_node_modules)
+from cvae_utils.files import write_atomically
+from cvae_utils.interactive import (MATHJAX_ENTRY, PAGE_SCRIPT, RUNTIME_FILES, NodeModules,
+                                    find_node_modules)
 
 logger = logging.getLogger(__name__)
+
+# what MathJax's entry component loads lazily: TeX extensions, the CHTML fonts, the context menu
+MATHJAX_PARTS = (MATHJAX_ENTRY, "input/tex/extensions", "output/chtml", "ui", "a11y", "adaptors")
+
+
+def served_name(name: str) -> str:
+    """The name a runtime file has in the build: ``.mjs`` becomes ``.js``, a suffix that every
+    static host serves as JavaScript (module scripts are refused under other MIME types)."""
+    return name[:-4] + ".js" if name.endswith(".mjs") else name
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    if target.exists() and target.stat().st_size == source.stat().st_size \
+            and target.stat().st_mtime >= source.stat().st_mtime:
+        return
+    write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def copy_runtime(modules: NodeModules, target: str | os.PathLike) -> list[Path]:
+    """Copy onnxruntime-web's `RUNTIME_FILES` into ``target``; returns the copied paths."""
+    if modules.onnxruntime is None:
+        raise FileNotFoundError(modules.missing)
+    target = Path(target)
+    for name in RUNTIME_FILES:
+        _copy_file(modules.onnxruntime / name, target / served_name(name))
+    return [target / served_name(name) for name in RUNTIME_FILES]
+
+
+def copy_mathjax(modules: NodeModules, target: str | os.PathLike) -> int:
+    """Copy the `MATHJAX_PARTS` of MathJax's ``es5`` folder into ``target``; returns the count."""
+    if modules.mathjax is None:
+        raise FileNotFoundError(modules.missing)
+    target, count = Path(target), 0
+    for part in MATHJAX_PARTS:
+        source = modules.mathjax / part
+        files = ([source] if source.is_file()
+                 else sorted(p for p in source.rglob("*") if p.is_file()))
+        for path in files:
+            _copy_file(path, target / path.relative_to(modules.mathjax))
+            count += 1
+    return count
 
 
 def use_local_mathjax(app, config) -> None:

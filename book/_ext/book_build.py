@@ -1,17 +1,20 @@
 """The book's Sphinx extension: what a ``jupyter-book build`` shows in its terminal, and its cache.
 
-Listed in ``book/_config.yml`` under ``sphinx: extra_extensions``. It does five things:
+Listed in ``book/_config.yml`` under ``sphinx: local_extensions`` (with the other modules of
+``book/_ext/``: the package `cvae_utils` imports none of them). It does five things:
 
-* **A plan before the chapters run** (`cvae_utils.buildplan`): the budget, the arithmetic the
+* **A plan before the chapters run** (``book_plan.py``): the budget, the arithmetic the
   models will train in here, which models are in the model cache and which will be trained,
   which chapters will execute, and an estimate of the time on this machine.
 * **Progress in the terminal, not in the pages**: it names a file in ``CVAE_PROGRESS_FILE``
-  before any kernel starts; the kernels inherit it and append a line per epoch, per quadrant
-  count of the CLL table and per model of the variants (`cvae_utils.terminal`); a thread of the
-  build copies the lines to the terminal, each marked with the chapter that is executing.
+  before any kernel starts; the kernels inherit it, and the launcher below installs a logging
+  handler that appends there the line the package logs (`cvae_utils.progress`) per epoch, per
+  quadrant count of the CLL table and per model of the variants (``book_terminal.py``); a
+  thread of the build copies the lines to the terminal, each marked with the chapter that is
+  executing.
 * **No kernel noise**: a kernel spec for ``python3``, put first on ``JUPYTER_PATH`` for this
-  build only, starts the kernels through `cvae_utils.kernel_launcher`, which drops ipykernel's
-  warning about unencrypted TCP transport at every start (and nothing else).
+  build only, starts the kernels through ``book_kernel.py``, which drops ipykernel's warning
+  about unencrypted TCP transport at every start (and nothing else) and installs that handler.
 * **An execution cache per budget**: Jupyter Book re-executes a chapter only when its code
   changed, and the code does not change with ``CVAE_BUDGET``. So the execution cache
   (``nb_execution_cache_path``) gets one folder per pair of budgets, the book's and that of the
@@ -40,8 +43,18 @@ from sphinx.application import Sphinx
 from sphinx.errors import ExtensionError
 from sphinx.util import logging
 
-from .files import write_atomically
-from .terminal import PROGRESS_ENV, Relay, format_duration
+from jupyter_cache import get_cache
+from myst_nb.core.read import create_nb_reader
+from myst_nb.sphinx_ import NbMetadataCollector
+
+import book_kernel
+from book_plan import ChapterStartProbe, build_plan, needs_of
+from book_terminal import PROGRESS_ENV, Relay
+from cvae_utils.config import get_budget
+from cvae_utils.files import write_atomically
+from cvae_utils.progress import format_duration
+from cvae_utils.speed import precision_override
+from cvae_utils.variants import variants_budget
 
 __all__ = ["setup", "execution_cache_folder", "write_kernel_spec", "BuildState"]
 
@@ -61,7 +74,7 @@ class BuildState:
     budget: str = ""
     variants_budget: str = ""
     precision: str = ""  # forced by CVAE_PRECISION, else "" (the machine decides)
-    probe: object = None               # a buildplan.ChapterStartProbe, running
+    probe: object = None               # a book_plan.ChapterStartProbe, running
     estimate: float | None = None
     relay: Relay | None = None
     progress_path: Path | None = None
@@ -85,10 +98,8 @@ def execution_cache_folder(base: str | os.PathLike, budget: str, variants_budget
 
 
 def write_kernel_spec(root: str | os.PathLike, python: str = sys.executable) -> Path:
-    """Write ``root/kernels/python3/kernel.json`` starting `cvae_utils.kernel_launcher`."""
-    from . import kernel_launcher
-
-    spec = {"argv": [python, kernel_launcher.__file__, "-f", "{connection_file}"],
+    """Write ``root/kernels/python3/kernel.json`` starting ``book_kernel.py`` by its path."""
+    spec = {"argv": [python, str(Path(book_kernel.__file__).resolve()), "-f", "{connection_file}"],
             "display_name": "Python 3 (ipykernel)", "language": "python",
             "metadata": {"debugger": True}}
     path = Path(root) / "kernels" / KERNEL_NAME / "kernel.json"
@@ -112,11 +123,6 @@ def _restore_env(state: BuildState) -> None:
 
 
 def _config_inited(app: Sphinx, config) -> None:
-    from .buildplan import ChapterStartProbe
-    from .config import get_budget
-    from .speed import precision_override
-    from .variants import variants_budget
-
     state = app.cvae_build = BuildState()
     try:
         state.budget = get_budget().name
@@ -141,11 +147,7 @@ def _config_inited(app: Sphinx, config) -> None:
 
 def _notebooks_to_execute(app: Sphinx, env, docnames) -> tuple[list[str], list[str], set]:
     """The documents among ``docnames`` that will execute, those the cache will serve, and
-    what the first ask for (`cvae_utils.buildplan.needs_of`)."""
-    from .buildplan import needs_of
-    from jupyter_cache import get_cache
-    from myst_nb.core.read import create_nb_reader
-
+    what the first ask for (`cvae_utils.book_models.needs_of`)."""
     nb_config = env.mystnb_config
     mode = nb_config.execution_mode
     execute, cached, needs = [], [], set()
@@ -178,8 +180,6 @@ def _notebooks_to_execute(app: Sphinx, env, docnames) -> tuple[list[str], list[s
 
 
 def _before_read(app: Sphinx, env, docnames) -> None:
-    from .buildplan import build_plan
-
     state: BuildState = app.cvae_build
     try:
         execute, cached, needs = _notebooks_to_execute(app, env, docnames)
@@ -220,8 +220,6 @@ def _doctree_read(app: Sphinx, doctree) -> None:
 
 
 def _how(app: Sphinx, docname: str) -> str:
-    from myst_nb.sphinx_ import NbMetadataCollector
-
     state: BuildState = app.cvae_build
     try:
         data = NbMetadataCollector.get_exec_data(app.env, docname)

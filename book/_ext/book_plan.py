@@ -1,11 +1,11 @@
 """What a build of the book will train, and about how long it will take on this machine.
 
-`build_plan` lists every model the chapters ask for (the baselines and CVAEs of the book's
-configuration, the digit classifier, the 21 models of the chapter "Variants of the model"),
-looks each up in the model cache (`cvae_utils.cache.checkpoint_path`, the file `trained_cvae`
-and its kin would load) and estimates the time of those that are missing. `BuildPlan.lines`
-formats it for the terminal; the book's Sphinx extension (`cvae_utils.bookbuild`) prints it
-before the first chapter runs.
+`build_plan` takes every model the chapters ask for from `cvae_utils.book_models` (the
+baselines and CVAEs of the book's configuration, the digit classifier, the 21 models of the
+chapter "Variants of the model", each with its file in the model cache, the file
+`trained_cvae` and its kin would load) and estimates the time of those that are missing.
+`BuildPlan.lines` formats it for the terminal; the book's Sphinx extension (``book_build.py``)
+prints it before the first chapter runs.
 
 The time of a model is its epochs times its time per epoch. The epochs are the budget's cap (a
 smoke or quick run always reaches it; early stopping can end a paper run sooner, so that estimate
@@ -18,7 +18,7 @@ table, when not cached) is measured the same way, on a few images with the untra
 Each chapter that executes also pays for starting its kernel, importing torch, Pyro, matplotlib
 and this package, loading MNIST and drawing its figures. `ChapterStartProbe` measures all but the
 figures in a subprocess that does what a kernel does before a chapter's first result; the build
-counts twice that per chapter (`cvae_utils.bookbuild`).
+counts twice that per chapter (``book_build.py``).
 
 On a machine shared with other work every one of these measurements moves with the load, so the
 estimate is a guide to the order of magnitude (minutes or an hour), not a promise.
@@ -35,16 +35,23 @@ from pathlib import Path
 
 import torch
 
-from .cache import cache_dir, checkpoint_path, model_key
-from .config import Budget, CVAEConfig, book_config, get_budget
-from .speed import explain_precision, resolve_precision
-from .terminal import format_duration
+from cvae_utils import tables
+from cvae_utils import variants as variants_module
+from cvae_utils.book_models import QUADRANTS, book_models, needs_of
+from cvae_utils.cache import cache_dir
+from cvae_utils.config import Budget, CVAEConfig, book_config, get_budget
+from cvae_utils.data import Split, make_quadrant_data
+from cvae_utils.evaluate import cvae_importance_sampling
+from cvae_utils.networks import BaselineNet
+from cvae_utils.progress import format_duration
+from cvae_utils.speed import explain_precision, resolve_precision
+from cvae_utils.train import train_baseline, train_cvae
+from cvae_utils.variant_models import build_cvae
 
 __all__ = ["PlannedModel", "BuildPlan", "build_plan", "needs_of", "precision_path", "recorded_runs",
            "ChapterStartProbe",
            "measure_step_seconds", "measure_scoring_seconds"]
 
-QUADRANTS = (1, 2, 3)
 MIN_SCALED_IMAGES = 10_000  # cached runs on fewer training images are not scaled to others
 
 
@@ -213,8 +220,6 @@ class ChapterStartProbe:
 
 
 def _random_quadrant_data(n: int, k: int, seed: int = 0):
-    from .data import Split, make_quadrant_data
-
     g = torch.Generator().manual_seed(seed)
     images = (torch.rand(n, 28, 28, generator=g) > 0.7).float()
     return make_quadrant_data(Split(images, torch.randint(0, 10, (n,), generator=g)), k)
@@ -230,29 +235,22 @@ def measure_step_seconds(kind: str, config: CVAEConfig, num_batches: int = 8
     about a third of a training one); the first is slower by what every run pays once (Pyro's
     checks in the CVAE's first epoch, memory first touched), which dominates a smoke run.
     """
-    from .networks import BaselineNet
-    from .train import train_baseline, train_cvae
-
     batch = config.baseline.batch_size if kind == "baseline" else config.batch_size
     train = _random_quadrant_data(batch * num_batches, 1)
     val = _random_quadrant_data(batch, 1, seed=1)
     # no early stop on random images
     patient = config.replace(patience=10, baseline={"patience": 10})
     if kind == "baseline":
-        _, history = train_baseline(train, val, patient.baseline, max_epochs=3, progress=False)
+        _, history = train_baseline(train, val, patient.baseline, max_epochs=3)
     else:
-        _, history = train_cvae(train, val, BaselineNet(config.baseline), patient, max_epochs=3,
-                                progress=False)
+        _, history = train_cvae(train, val, BaselineNet(config.baseline), patient, max_epochs=3)
     fastest = min(history.seconds[1:])
     return fastest / (num_batches + 1 / 3), max(0.0, history.seconds[0] - fastest)
 
 
 def measure_scoring_seconds(config: CVAEConfig, num_samples: int = 100, n: int = 32) -> float:
     """Seconds per test image of importance sampling with ``num_samples`` (untrained CVAE)."""
-    from .evaluate import cvae_importance_sampling
-    from .networks import CVAE, BaselineNet
-
-    cvae = CVAE(BaselineNet(config.baseline), config).eval()
+    cvae = build_cvae(BaselineNet(config.baseline), config).eval()
     data = _random_quadrant_data(n, 1)
     cvae_importance_sampling(cvae, data, num_samples)  # warm up
     start = time.perf_counter()
@@ -261,51 +259,9 @@ def measure_scoring_seconds(config: CVAEConfig, num_samples: int = 100, n: int =
 
 
 def _models(budget: Budget, variants: Budget, config: CVAEConfig, directory) -> list[PlannedModel]:
-    from .classifier import classifier_key
-    from .config import ClassifierConfig
-    from .variants import VARIANTS, variant_config
-
-    models: dict[Path, PlannedModel] = {}
-
-    def add(label, kind, group, key, model_budget, max_epochs):
-        path = checkpoint_path(key, directory)
-        if path not in models:
-            models[path] = PlannedModel(label, kind, set(), model_budget, path, max_epochs,
-                                        cached=path.exists())
-        models[path].groups.add(group)
-
-    def add_pair(prefix, group, model_config, model_budget):
-        for k in QUADRANTS:
-            add(f"baseline k={k}", "baseline", group,
-                model_key("baseline", model_config, model_budget, k), model_budget,
-                model_budget.max_epochs)
-            add(f"{prefix}k={k}", "cvae", group, model_key("cvae", model_config, model_budget, k),
-                model_budget, model_budget.max_epochs)
-
-    add_pair("cvae ", "book", config, budget)
-    classifier = ClassifierConfig()
-    add("digit classifier", "classifier", "classifier", classifier_key(classifier, budget),
-        budget, min(budget.max_epochs, classifier.max_epochs))
-    for name in VARIANTS:
-        add_pair(f"variant {name} ", "variants", variant_config(name, config), variants)
-    return list(models.values())
-
-
-def needs_of(code: str) -> set[str]:
-    """What a chapter's code asks for, from the functions it calls: "book" (the baselines and
-    CVAEs of the book's configuration), "classifier", "variants" (the 21 models of the
-    variants), "cll_table" and "variants_table" (their scoring)."""
-    needs = set()
-    if any(name in code for name in ("trained_baseline", "trained_cvae", "cll_table",
-                                     "diversity_table")):
-        needs.add("book")
-    if "trained_classifier" in code:
-        needs.add("classifier")
-    if "cll_table(" in code:
-        needs.add("cll_table")
-    if "variants_table(" in code:
-        needs |= {"variants", "variants_table"}
-    return needs
+    return [PlannedModel(model.label, model.kind, set(model.groups), model.budget, model.path,
+                         model.max_epochs, cached=model.cached)
+            for model in book_models(budget, variants, config, directory)]
 
 
 def _estimate_epochs(models: list[PlannedModel], runs: list[dict], config: CVAEConfig) -> bool:
@@ -353,8 +309,6 @@ def _estimate_epochs(models: list[PlannedModel], runs: list[dict], config: CVAEC
 
 def _scoring(budget: Budget, variants: Budget, config: CVAEConfig, directory, needs: set,
              per_image: float) -> list[tuple[str, float]]:
-    from . import tables, variants as variants_module
-
     out = []
     key = tables.cll_table_key(QUADRANTS, config, budget)
     if "cll_table" in needs and not tables.table_paths(key, directory)[1].exists():
@@ -380,10 +334,8 @@ def build_plan(budget: Budget | str | None = None, variants_budget: Budget | str
     `cvae_utils.variants.variants_budget()`; ``directory`` to the model cache;
     ``seconds_per_chapter`` is the fixed cost of a chapter that executes.
     """
-    from .variants import variants_budget as default_variants_budget
-
     budget = get_budget(budget)
-    variants = default_variants_budget(variants_budget)
+    variants = variants_module.variants_budget(variants_budget)
     config = config or book_config()
     plan = BuildPlan(budget, variants, precision_path(),
                      chapters=list(chapters or []), cached_chapters=list(cached_chapters or []),

@@ -1,0 +1,78 @@
+"""The package's settings from the environment: every ``CVAE_*`` variable is read here, and only here.
+
+=========================  ===================================================================
+``CVAE_BUDGET``            the run length: smoke, quick or paper (default paper); `budget_name`,
+                           validated by `cvae_utils.config.get_budget`
+``CVAE_VARIANTS_BUDGET``   the run length of the chapter "Variants of the model" (default: the
+                           book's, capped at quick); `variants_budget_name`, validated by
+                           `cvae_utils.variants.variants_budget`
+``CVAE_PRECISION``         fp32, bf16 or auto (default): what "auto" stands for;
+                           `precision_override`
+``CVAE_DATA_DIR``          the MNIST root (default ``~/.cache/cvae_utils/data``); `data_dir`
+``CVAE_CACHE_DIR``         the model cache (default ``~/.cache/cvae_utils/models``); `cache_dir`
+``CVAE_NODE_MODULES``      where ``npm ci`` put onnxruntime-web and MathJax (default the
+                           repository's ``node_modules``); `node_modules_dir`
+=========================  ===================================================================
+
+Each function reads its variable when called, so a change of the environment (a test's
+``monkeypatch``, a build that sets a variable for its kernels) takes effect at once. The book's
+build has variables of its own (``CVAE_PROGRESS_FILE``), read on the book's side
+(``book/_ext/``). This module imports nothing of the package.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["BUDGET_ENV", "VARIANTS_BUDGET_ENV", "PRECISION_ENV", "DATA_DIR_ENV", "CACHE_DIR_ENV",
+           "NODE_MODULES_ENV", "DEFAULT_BUDGET", "budget_name", "variants_budget_name",
+           "precision_override", "data_dir", "cache_dir", "node_modules_dir"]
+
+BUDGET_ENV = "CVAE_BUDGET"
+VARIANTS_BUDGET_ENV = "CVAE_VARIANTS_BUDGET"
+PRECISION_ENV = "CVAE_PRECISION"  # fp32, bf16, or auto (the default): what "auto" stands for
+DATA_DIR_ENV = "CVAE_DATA_DIR"
+CACHE_DIR_ENV = "CVAE_CACHE_DIR"
+NODE_MODULES_ENV = "CVAE_NODE_MODULES"
+DEFAULT_BUDGET = "paper"
+
+
+def budget_name() -> str:
+    """``CVAE_BUDGET`` as it is set (an empty value too), else `DEFAULT_BUDGET`; the name is
+    checked by `cvae_utils.config.parse_budget`, one rule for every source of a budget."""
+    return os.environ.get(BUDGET_ENV, DEFAULT_BUDGET)
+
+
+def variants_budget_name() -> str:
+    """``CVAE_VARIANTS_BUDGET``, or "" when it is unset or empty (follow the book's budget)."""
+    return os.environ.get(VARIANTS_BUDGET_ENV, "")
+
+
+def precision_override() -> str | None:
+    """The precision ``CVAE_PRECISION`` sets for every "auto" ("fp32" or "bf16"), or None when
+    it is unset or "auto"; any other value is a ValueError that names the choices."""
+    value = os.environ.get(PRECISION_ENV, "").strip()
+    if value in ("", "auto"):
+        return None
+    if value not in ("fp32", "bf16"):
+        raise ValueError(f"environment variable {PRECISION_ENV}={value!r}: choose fp32, bf16 or "
+                         f"auto, or unset it to let the machine decide")
+    return value
+
+
+def data_dir() -> Path:
+    """``CVAE_DATA_DIR`` if set and not empty, else ``~/.cache/cvae_utils/data`` (unexpanded)."""
+    return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".cache" / "cvae_utils" / "data")
+
+
+def cache_dir() -> Path:
+    """``CVAE_CACHE_DIR`` if set and not empty, else ``~/.cache/cvae_utils/models``
+    (unexpanded)."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "cvae_utils" / "models")
+
+
+def node_modules_dir() -> Path:
+    """``CVAE_NODE_MODULES`` if set and not empty, else ``node_modules/`` of the repository that
+    holds this package."""
+    return Path(os.environ.get(NODE_MODULES_ENV)
+                or Path(__file__).resolve().parents[1] / "node_modules")
