@@ -14,6 +14,7 @@ import torch
 from .cache import cache_dir, trained_cvae
 from .config import BUDGETS, book_config, get_budget, tutorial_config
 from .data import data_root, load_mnist
+from .progress import show_on
 from .speed import explain_precision
 from .train import default_device
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"precision of the CVAE's training: {explain_precision(config.precision, device)}",
           flush=True)
     data = load_mnist(args.data_dir)
+    show_on(sys.stderr)  # a line per epoch
     for k in args.quadrants:
         start = time.perf_counter()
         _, history = trained_cvae(k, config, budget, data, device=device, progress=True,

@@ -1,6 +1,6 @@
 """Progress of long runs as log records: one per finished epoch, one per item of a long loop.
 
-Training (`cvae_utils.train.fit`) calls `epoch_done` after every epoch, and the tables
+Training (`History.report` in `cvae_utils.train`) calls `epoch_done` after every epoch, and the tables
 (`cvae_utils.tables`) call `item_done` after every quadrant count of the CLL table and every
 model of the variants. Each logs one line at INFO on the standard-library logger
 ``cvae_utils.progress`` (`logger`); what happens to the line is up to whoever listens:
@@ -8,7 +8,7 @@ model of the variants. Each logs one line at INFO on the standard-library logger
 * the book's build installs a handler in every chapter's kernel that appends each line to a file
   which the build copies to its terminal (``book/_ext/book_kernel.py`` and
   ``book/_ext/book_terminal.py``), so progress shows in the terminal and never in the pages;
-* ``python -m cvae_utils train`` shows its own progress bars;
+* ``python -m cvae_utils train`` prints each line to stderr (`show_on`);
 * anywhere else nobody listens: the logger is not enabled for INFO, and the functions return
   without formatting anything.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 
-__all__ = ["logger", "LOGGER_NAME", "epoch_done", "item_done", "format_duration"]
+__all__ = ["logger", "LOGGER_NAME", "epoch_done", "item_done", "format_duration", "show_on"]
 
 LOGGER_NAME = "cvae_utils.progress"
 logger = logging.getLogger(LOGGER_NAME)
@@ -64,3 +64,14 @@ def item_done(what: str, done: int, total: int, detail: str, seconds: float) -> 
     logger.info("%s %s/%s: %s (%s; about %s left)", what, done, total, detail,
                 format_duration(seconds), format_duration(seconds * (total - done)))
     return True
+
+
+def show_on(stream) -> logging.Handler:
+    """Print every progress line to ``stream`` (e.g. ``sys.stderr``) from now on; returns the
+    handler, for ``logger.removeHandler``. The command line's way of listening."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return handler

@@ -24,10 +24,8 @@ def models(small_config):
 
     data = synthetic_data()
     train, val = make_quadrant_data(data.train, 1), make_quadrant_data(data.val, 1)
-    baseline, _ = train_baseline(train, val, small_config.baseline, max_epochs=1, device="cpu",
-                                 progress=False)
-    cvae, _ = train_cvae(train, val, baseline, small_config, max_epochs=1, device="cpu",
-                         progress=False)
+    baseline, _ = train_baseline(train, val, small_config.baseline, max_epochs=1, device="cpu")
+    cvae, _ = train_cvae(train, val, baseline, small_config, max_epochs=1, device="cpu")
     return data, baseline, cvae
 
 
@@ -127,7 +125,7 @@ def test_a_layout_of_its_own_trains_and_is_then_required(models, small_config):
                             split.labels, 2)
 
     baseline, _ = train_baseline(masked(data.train), masked(data.val), small_config.baseline,
-                                 max_epochs=1, device="cpu", progress=False)
+                                 max_epochs=1, device="cpu")
     assert baseline_ncll(baseline, masked(data.test)).mean > 0
     with pytest.raises(ValueError, match="trained for a layout of its own .392 input pixels"):
         baseline_ncll(baseline, make_quadrant_data(data.test, 1))
@@ -142,10 +140,10 @@ def test_training_refuses_targets_in_0_255_before_it_starts(models, small_config
                           train.labels, 1)
     with pytest.raises(ValueError, match="training data: y must hold pixels in \\[0, 1\\]"):
         train_cvae(scaled, make_quadrant_data(data.val, 1), baseline, small_config, max_epochs=1,
-                   device="cpu", progress=False)
+                   device="cpu")
     with pytest.raises(ValueError, match="trained for the 1-quadrant layout.*has the 2-quadrant layout"):
         train_cvae(make_quadrant_data(data.train, 2), make_quadrant_data(data.val, 2), baseline,
-                   small_config, max_epochs=1, device="cpu", progress=False)
+                   small_config, max_epochs=1, device="cpu")
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

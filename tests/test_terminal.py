@@ -7,6 +7,7 @@ them to the file that it relays to its terminal.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 import pytest
@@ -87,7 +88,7 @@ def test_nobody_listening_costs_no_formatting(monkeypatch):
 def test_every_epoch_of_a_training_run_reaches_the_channel(tiny_data, progress_file, capsys):
     train = make_quadrant_data(tiny_data.train, 2)
     val = make_quadrant_data(tiny_data.val, 2)
-    _, history = train_baseline(train, val, SMALL.baseline, max_epochs=3, device="cpu", progress=False)
+    _, history = train_baseline(train, val, SMALL.baseline, max_epochs=3, device="cpu")
     lines = progress_file.read_text().splitlines()
     assert len(lines) == history.num_epochs == 3
     for epoch, line in enumerate(lines, start=1):
@@ -98,14 +99,23 @@ def test_every_epoch_of_a_training_run_reaches_the_channel(tiny_data, progress_f
     assert capsys.readouterr().err == ""  # nothing on the kernel's own stderr (the page)
 
 
-def test_without_the_channel_the_command_line_keeps_its_bar(tiny_data, monkeypatch, capsys):
+def test_without_a_listener_training_is_silent_and_the_command_line_listens(tiny_data,
+                                                                            monkeypatch, capsys):
     assert not progress.logger.isEnabledFor(logging.INFO)
     monkeypatch.delenv(terminal.PROGRESS_ENV, raising=False)
     train = make_quadrant_data(tiny_data.train, 1)
     val = make_quadrant_data(tiny_data.val, 1)
-    train_baseline(train, val, SMALL.baseline, max_epochs=2, device="cpu", progress=True)
-    err = capsys.readouterr().err
-    assert "baseline k=1" in err and "batch" in err  # tqdm's bar, as under `python -m ... train`
+    train_baseline(train, val, SMALL.baseline, max_epochs=2, device="cpu")
+    assert capsys.readouterr().err == ""  # nobody listens: nothing printed
+    handler = progress.show_on(sys.stderr)  # as `python -m cvae_utils train` does
+    try:
+        train_baseline(train, val, SMALL.baseline, max_epochs=2, device="cpu")
+    finally:
+        progress.logger.removeHandler(handler)
+        progress.logger.setLevel(logging.NOTSET)
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in err] == ["baseline k=1: epoch 1/2",
+                                                    "baseline k=1: epoch 2/2"]
 
 
 def test_item_lines_estimate_what_is_left(progress_file):
