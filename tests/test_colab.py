@@ -93,31 +93,50 @@ def test_the_setup_cell_does_nothing_where_the_package_is_installed(tmp_path):
     assert done.stdout == "budget None\n"
 
 
-def test_the_setup_cell_keeps_the_installed_torch():
-    """What the cell gives pip: the package and its extras, and torch and torchvision pinned
-    at the installed versions, so that pip keeps them (Colab's own CUDA build)."""
-    from importlib.metadata import version
-
+def _run_setup_cell(monkeypatch, missing: bool, colab: bool) -> list[list[str]]:
+    """Run the set-up cell here with cvae_utils missing or not, in Colab or not, and pip
+    replaced by a recorder; what it would have run."""
     cell = book_colab.setup_cell_source(["example"], "test")
+    check = 'importlib.util.find_spec("cvae_utils") is None'
+    assert check in cell
     ran: list[list[str]] = []
 
     class Done:
         returncode = 0
 
-    namespace = {"__name__": "__main__"}
-    code = cell.replace("importlib.util.find_spec(\"cvae_utils\") is None", "True")
-    import subprocess as real
+    recorder = type(sys)("subprocess")
+    recorder.run = lambda args, check: ran.append(args) or Done()
+    monkeypatch.setitem(sys.modules, "subprocess", recorder)
+    if colab:
+        monkeypatch.setitem(sys.modules, "google.colab", type(sys)("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.delenv("CVAE_BUDGET", raising=False)
+    code = cell.replace(check, str(missing))
+    exec(compile(code, "<set-up cell>", "exec"), {"__name__": "__main__"})
+    return ran
 
-    fake = type(sys)("subprocess")
-    fake.run = lambda args, check: ran.append(args) or Done()
-    sys.modules["subprocess"] = fake
-    try:
-        exec(compile(code, "<setup cell>", "exec"), namespace)
-    finally:
-        sys.modules["subprocess"] = real
+
+def test_the_setup_cell_keeps_the_installed_torch(monkeypatch):
+    """Where the package is missing: pip gets the package and its extras, and torch and
+    torchvision pinned at the installed versions, so that it keeps them (Colab's CUDA build);
+    the budget is quick."""
+    from importlib.metadata import version
+
+    ran = _run_setup_cell(monkeypatch, missing=True, colab=False)
+    assert len(ran) == 1 and ran[0][:4] == [sys.executable, "-m", "pip", "install"]
+    assert "example" in ran[0]
     keep = [a for a in ran[0] if a.startswith(("torch==", "torchvision=="))]
     assert keep == [f"torch=={version('torch')}", f"torchvision=={version('torchvision')}"]
-    assert ran[0][:4] == [sys.executable, "-m", "pip", "install"] and "example" in ran[0]
+    assert os.environ["CVAE_BUDGET"] == "quick"
+
+
+def test_in_colab_after_a_restart_the_budget_stays_quick(monkeypatch):
+    assert _run_setup_cell(monkeypatch, missing=False, colab=True) == []
+    assert os.environ["CVAE_BUDGET"] == "quick"
+    monkeypatch.setenv("CVAE_BUDGET", "paper")  # a reader's choice is kept
+    exec(compile(book_colab.setup_cell_source(["example"], "test"), "<cell>", "exec"), {})
+    assert os.environ["CVAE_BUDGET"] == "paper"
 
 
 RUNNER = r"""

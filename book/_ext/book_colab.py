@@ -5,7 +5,8 @@ Colab opens ``.ipynb`` files from GitHub, not MyST markdown. This module writes 
 unchanged behind one first code cell, the set-up cell: where ``cvae_utils`` cannot be imported
 it installs the package at the published commit, keeps the torch (and torchvision) already
 installed by pinning their installed versions, and sets ``CVAE_BUDGET`` to ``quick`` unless it is
-set; where the package imports, it does nothing. Its comments say how to turn on a GPU in Colab
+set (in Colab also after a restart, when the package is already installed); elsewhere, where
+the package imports, it does nothing. Its comments say how to turn on a GPU in Colab
 and how to ask for the ``paper`` budget.
 
 Two uses:
@@ -24,8 +25,9 @@ Two uses:
   ``https://colab.research.google.com/github/OWNER/NAME/blob/REF/notebooks/<chapter>.ipynb``.
   A local build, where no repository is named, shows none. The theme's own launch buttons
   cannot do this: they point at the chapter's source file, a ``.md`` that Colab cannot open.
-  There is no Binder button: Binder would install the pinned CUDA build of torch into a
-  2 GB session and does not get through it.
+  There is no Binder button: Binder would build an image from ``requirements.txt``, whose
+  torch is the CUDA build of several GB, for sessions of 1 to 2 GB of memory; it is left out
+  rather than offered untested.
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ _REPOSITORY = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 _REF = re.compile(r"[A-Za-z0-9_./-]+")
 
 SETUP_CELL = '''\
-# Set-up for a cloud notebook such as Colab; where cvae_utils imports, it does nothing.
+# Set-up for a cloud notebook such as Colab. Where cvae_utils imports, it does nothing
+# (but in Colab, which keeps the budget below after a restart).
 # It installs the book's package ({what}), keeping
 # the torch and torchvision already installed, and sets the run length CVAE_BUDGET to
 # "{budget}" (minutes). For the paper's full protocol, which trains far longer, run
@@ -59,8 +62,10 @@ SETUP_CELL = '''\
 # the package trains on it when present. MNIST is downloaded and checksummed.
 import importlib, importlib.metadata, importlib.util, os, subprocess, sys
 
-if importlib.util.find_spec("cvae_utils") is None:
+missing = importlib.util.find_spec("cvae_utils") is None
+if missing or "google.colab" in sys.modules:  # (in Colab, after a restart too)
     os.environ.setdefault("CVAE_BUDGET", "{budget}")  # smoke | quick | paper
+if missing:
     keep = []  # pins torch and torchvision at the versions installed here
     for name in ("torch", "torchvision"):
         try:
@@ -174,7 +179,7 @@ def _read_settings(app, config) -> None:
     from sphinx.errors import ExtensionError
 
     try:
-        app.env_launch = launch_settings()
+        app.colab_launch = launch_settings()
     except ValueError as error:
         raise ExtensionError(f"[book_colab] {error}") from None
     app.cloud_chapters = {path.stem for path in chapters(Path(app.srcdir))}
@@ -182,7 +187,7 @@ def _read_settings(app, config) -> None:
 
 def add_colab_button(app, pagename, templatename, context, doctree) -> None:
     """Put "Open in Colab" in the theme's launch menu of a chapter page."""
-    settings = getattr(app, "env_launch", None)
+    settings = getattr(app, "colab_launch", None)
     if (settings is None or app.builder.format != "html"
             or pagename not in app.cloud_chapters or "header_buttons" not in context):
         return
