@@ -1,21 +1,24 @@
 """cvae_utils: the tested helper package behind the book on conditional VAEs (Sohn et al., 2015).
 
-Modules follow the book's story (`ARCHITECTURE.md` has a paragraph on each): `config`
-(hyperparameters and budgets), `data` (MNIST, splits, quadrant masking), `networks` (baseline,
-encoders, decoder, the Pyro model and guide), `train` (the training loops), `optim` and `speed`
-(the optimiser, the weight average, the precision), `cache` (trained models shared between
-chapters), `evaluate` (the CLL estimators), `tables` (the CLL table and what every table
-shares), `variants` (the variants, their table and its scoring), `published` (every published
-number, with its source), `analysis` (nearest neighbours and completions, what some figures
-show), `figures` (what every figure shares) with the figures of each group of chapters in
-`plot_data`, `plot_training`, `plot_maths` and `plot_results`, `animation`, and beyond the
-tutorial `classifier`, `diversity` (how often samples change the digit) and `complete`
-(completing any partial digit). Run
-``python -m cvae_utils train --help`` to pre-train models. `settings` reads every ``CVAE_*``
-environment variable; `progress` logs a line per epoch and per table row, for whoever listens;
-`book_models` lists the models a budget of the book needs; `interactive` writes the files of the
-browser page. The build of the book is not part of the package: its modules are in
-``book/_ext/`` and import the package, never the other way round.
+Its modules sit in three rooms (`ARCHITECTURE.md` has a line on each):
+
+- the textbook, what a student reads and the chapters include: `data` (MNIST, splits, quadrant
+  masking), `networks` (the baseline, the encoders and decoder, the Pyro model and guide),
+  `train` (`train_baseline` and `train_cvae`, plain loops), `evaluate` (the CLL estimators),
+  `variant_models` (the variants' models and objectives) and `config` (hyperparameters, budgets);
+- engineering, beside the textbook and never woven into it: `speed` (precision, denormals, the
+  evaluation's split first layer), `optim` (the fused Adam, the weight average), `cache` (trained
+  models shared between chapters), `files`, `settings` (every ``CVAE_*`` environment variable),
+  `progress` (a line per epoch and per table row, for whoever listens), `book_models` (the models
+  a budget needs), `export` and `interactive` (the browser page's files), and ``python -m
+  cvae_utils train --help`` to pre-train models;
+- results: `tables` (the CLL table and what every table shares), `variants`, `published` (every
+  published number, with its source), `classifier`, `diversity` and `complete` (beyond the
+  table), `analysis`, `figures` with the figures of each group of chapters in `plot_data`,
+  `plot_training`, `plot_maths` and `plot_results`, and `animation`.
+
+The build of the book is not part of the package: its modules are in ``book/_ext/`` and import
+the package, never the other way round.
 
 This namespace holds what the chapters and the README use, except the figures, which are imported
 from their modules (so that importing the package does not import matplotlib); everything else

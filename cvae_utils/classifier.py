@@ -7,11 +7,11 @@ MLP with dropout, trained on the full images of the training split with small ra
 (so that it tolerates the slightly shifted, blurrier strokes of generated completions). It reaches
 about 98.5 % test accuracy at the ``paper`` budget in about a minute on two CPU cores.
 
-`train_classifier` trains it with the package's early-stopping loop (validation cross-entropy,
-best weights kept); `trained_classifier` is the cached version the chapters call, stored by the
-same machinery as the baseline and the CVAE (`cvae_utils.cache`: atomic save, ``weights_only``
-load, file name from a hash of everything that determines the run). `classifier_accuracy` and
-`predict_digits` score it on whole splits in chunks.
+`train_classifier` trains it with a plain early-stopping loop like the baseline's (validation
+cross-entropy, best weights kept); `trained_classifier` is the cached version the chapters call,
+stored by the same machinery as the baseline and the CVAE (`cvae_utils.cache`: atomic save,
+``weights_only`` load, file name from a hash of everything that determines the run).
+`classifier_accuracy` and `predict_digits` score it on whole splits in chunks.
 """
 from __future__ import annotations
 

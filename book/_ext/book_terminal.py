@@ -5,13 +5,13 @@ up in the page (or, with ``stderr_output: remove``, nowhere). This module is a s
 The build (``book_build.py``) names a file in the environment variable ``CVAE_PROGRESS_FILE``
 before the kernels start; they inherit it, and the kernel launcher (``book_kernel.py``) installs
 a `ProgressFileHandler` on the logger of `cvae_utils.progress`, which appends one line to that
-file for every finished epoch (`cvae_utils.progress.epoch_done`, called by
-`cvae_utils.train.fit`) and every finished item of a long loop (`cvae_utils.progress.item_done`:
+file for every finished epoch (`cvae_utils.progress.epoch_done`, called by `History.report`
+in `cvae_utils.train`) and every finished item of a long loop (`cvae_utils.progress.item_done`:
 the CLL table's quadrant counts, the variants' models). In the build process a `Relay` thread
 reads the lines as they arrive and prints them.
 
 Without the variable (the tests, a notebook opened by hand, ``python -m cvae_utils train``,
-which has its own progress bars) nothing is installed and the package formats no line.
+which prints the lines itself through `cvae_utils.progress.show_on`) nothing is installed here.
 Appending a short line is one ``write`` on a file opened with ``O_APPEND``, so the lines of one
 kernel never interleave mid-line. This module uses the standard library only: the kernel
 launcher imports it before anything else.
