@@ -49,7 +49,7 @@ __all__ = ["cache_dir", "model_key", "key_digest", "code_digest", "MODEL_CODE", 
 # the modules whose code determines each kind of trained model
 MODEL_CODE = {
     "baseline": ("data", "networks", "speed", "train"),
-    "cvae": ("data", "networks", "optim", "speed", "train"),
+    "cvae": ("data", "networks", "optim", "speed", "train", "variant_models"),
     "classifier": ("classifier", "data", "speed", "train"),
 }
 

@@ -98,10 +98,6 @@ class History:
         return frame
 
 
-def _device(device) -> torch.device:
-    return torch.device(device) if device is not None else default_device()
-
-
 def _check_splits(train: QuadrantData, val: QuadrantData,
                   baseline: BaselineNet | None = None) -> torch.Tensor:
     """Training and validation data masked alike (`check_quadrant_data`), and for the layout
