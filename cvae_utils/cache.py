@@ -283,7 +283,7 @@ def trained_cvae(num_quadrants: int, config: CVAEConfig | None = None,
         snapshots = Snapshots(inputs, config.snapshot_samples, config.z_dim, seed=config.seed)
         return train_cvae(make_quadrant_data(data.train, num_quadrants),
                           make_quadrant_data(data.val, num_quadrants), baseline, config,
-                          max_epochs=budget.max_epochs, device=device, snapshots=snapshots)
+                          max_epochs=budget.max_epochs, device=device, on_epoch=snapshots)
 
     model, history = cached_model(key, cache, build_cvae(BaselineNet(config.baseline), config), train,
                                   use_cache, progress)

@@ -244,7 +244,7 @@ def frozen_guesses(cvae: CVAE, x: torch.Tensor) -> torch.Tensor | None:
 
 def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
                config: CVAEConfig | None = None, *, max_epochs: int = 100, device=None,
-               snapshots: "Snapshots | None" = None) -> tuple[CVAE, History]:
+               on_epoch=None) -> tuple[CVAE, History]:
     """Train the CVAE on a trained baseline with Pyro's SVI; early stopping on ``val``."""
     config, device = config or CVAEConfig(), _device(device)
     mask = _check_splits(train, val, baseline)
@@ -276,8 +276,8 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
             val_loss = validation_loss(cvae, val, val_y_hat)
             if history.add(total / len(train), val_loss, time.perf_counter() - start):
                 best_state = copy.deepcopy(cvae.state_dict())
-            if snapshots is not None:
-                snapshots(epoch, cvae, history)      # completions for the animation
+            if on_epoch is not None:                 # e.g. `Snapshots` for the animation
+                on_epoch(epoch, cvae, history)
         if val_loss < reference - config.min_delta:  # early stopping
             reference, waited = val_loss, 0
         elif epoch > warmup:
@@ -299,7 +299,7 @@ def _check_finite(loss: float, what: str, epoch: int, config: CVAEConfig) -> Non
 
 
 class Snapshots:
-    """Records completions of a few inputs after every epoch of `train_cvae`.
+    """Records completions of a few inputs after every epoch of `train_cvae` (its ``on_epoch``).
 
     ``x``: (n, 784) inputs. After each epoch it draws ``num_samples`` completions of each from
     the prior with the same fixed noise (seeded by ``seed``), with the weights that were

@@ -81,7 +81,7 @@ def test_cvae_training_records_snapshots(tiny_data):
     train, val = quadrant_splits(tiny_data)
     baseline, _ = train_baseline(train, val, BASE, max_epochs=1, device="cpu")
     cvae, history = train_cvae(train, val, baseline, SMALL, max_epochs=2, device="cpu",
-                               snapshots=Snapshots(train.x[:3], 5, SMALL.z_dim))
+                               on_epoch=Snapshots(train.x[:3], 5, SMALL.z_dim))
     assert history.snapshots.shape == (history.num_epochs, 3, 5, 784)
     assert history.snapshots.dtype == torch.uint8
 
