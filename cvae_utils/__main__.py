@@ -1,60 +1,100 @@
-"""Command line: ``python -m cvae_utils train --quadrants 1 2 3 --budget paper``.
+"""Command line: ``python -m cvae_utils train`` fills the model cache before a build.
 
-Trains the baseline and the CVAE for each quadrant count (or loads them from the cache) so that a
-book build afterwards finds every model ready. Progress is shown in the terminal.
+``--quadrants 1 2 3`` trains the baseline and the CVAE of each quadrant count (the default);
+``--book`` trains every model the book needs at the budget (its baselines and CVAEs, the digit
+classifier, the variants' models at the variants' budget). Where they train is one switch
+(`cvae_utils.cluster`): in this process by default, ``--workers N`` on a Dask cluster of N
+processes on this machine, ``--scheduler ADDRESS`` (or ``CVAE_SCHEDULER``) on an existing Dask
+cluster. A line per finished epoch (in this process) and per finished model is printed. A known
+error (a bad budget, an unusable cache, an unreachable scheduler) is one line and exit status 1.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 
-from .cache import cache_dir, trained_cvae
+from . import settings
+from .book_models import book_models
+from .cache import CheckpointError, cache_dir
+from .cluster import ClusterError, train_models
 from .config import BUDGETS, book_config, get_budget, tutorial_config
-from .data import data_root, load_mnist
+from .data import MNISTDataError, data_root, load_mnist
+from .files import WriteError
 from .progress import show_on
 from .speed import explain_precision
 from .train import default_device
+from .variants import variants_budget
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cvae_utils",
                                      description="Pre-train the book's models into the cache.")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train (or load) the baseline and the CVAE")
-    train.add_argument("--quadrants", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
-                       metavar="K", help="input quadrant counts to train, from 1 2 3 (default all)")
+    train = commands.add_parser("train", help="train (or load) the models of the book")
+    what = train.add_mutually_exclusive_group()
+    what.add_argument("--quadrants", type=int, nargs="+", default=None, choices=[1, 2, 3],
+                      metavar="K", help="the baseline and CVAE for these input quadrant counts, "
+                                        "from 1 2 3 (default all)")
+    what.add_argument("--book", action="store_true",
+                      help="every model the book needs at the budget: baselines, CVAEs, the "
+                           "digit classifier and the variants (at $CVAE_VARIANTS_BUDGET)")
     train.add_argument("--budget", choices=list(BUDGETS), default=None,
                        help="run length (default: $CVAE_BUDGET, else paper)")
     train.add_argument("--data-dir", default=None, help="MNIST root (default: $CVAE_DATA_DIR)")
     train.add_argument("--cache-dir", default=None, help="model cache (default: $CVAE_CACHE_DIR)")
-    train.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    train.add_argument("--device", default=None,
+                       help="torch device in this process (default: cuda if present)")
+    where = train.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="train on a Dask LocalCluster of N single-thread processes here")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="train on the Dask cluster of this scheduler, e.g. "
+                            "tcp://127.0.0.1:8786 (default: $CVAE_SCHEDULER)")
     train.add_argument("--retrain", action="store_true", help="ignore and overwrite the cache")
     train.add_argument("--tutorial", action="store_true",
-                       help="train the Pyro tutorial's configuration instead of the book's")
-    args = parser.parse_args(argv)
+                       help="the Pyro tutorial's configuration instead of the book's")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
         budget = get_budget(args.budget)
         device = torch.device(args.device) if args.device else default_device()
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be 1 or more, got {args.workers}")
     except (ValueError, RuntimeError) as error:  # a bad CVAE_BUDGET, or --device cpux
         parser.error(str(error))
+    scheduler = args.scheduler or (None if args.workers else settings.scheduler())
     config = tutorial_config() if args.tutorial else book_config()
-    print(f"budget {budget.name}: {budget.num_train} training / {budget.num_val} validation "
-          f"images, up to {budget.max_epochs} epochs", flush=True)
-    print(f"data root {data_root(args.data_dir)}; cache {cache_dir(args.cache_dir)}", flush=True)
-    print(f"precision of the CVAE's training: {explain_precision(config.precision, device)}",
-          flush=True)
-    data = load_mnist(args.data_dir)
-    show_on(sys.stderr)  # a line per epoch
-    for k in args.quadrants:
-        start = time.perf_counter()
-        _, history = trained_cvae(k, config, budget, data, device=device, progress=True,
-                                  use_cache=not args.retrain, cache=args.cache_dir)
-        print(f"k={k}: CVAE best validation -ELBO {history.best_val_loss:.2f} nats at epoch "
-              f"{history.best_epoch} ({time.perf_counter() - start:.1f} s)", flush=True)
+    try:
+        print(f"budget {budget.name}: {budget.num_train} training / {budget.num_val} "
+              f"validation images, up to {budget.max_epochs} epochs", flush=True)
+        print(f"data root {data_root(args.data_dir)}; cache {cache_dir(args.cache_dir)}",
+              flush=True)
+        print(f"precision of the training: {explain_precision(config.precision, device)}",
+              flush=True)
+        models = book_models(budget, variants_budget(book=budget), config, args.cache_dir)
+        if not args.book:
+            quadrants = set(args.quadrants or (1, 2, 3))
+            models = [m for m in models
+                      if "book" in m.groups and m.num_quadrants in quadrants]
+        data = load_mnist(args.data_dir)
+        show_on(sys.stderr)  # a line per epoch
+        train_models(models, data, workers=args.workers, scheduler=scheduler,
+                     cache=args.cache_dir, retrain=args.retrain, device=device,
+                     log=lambda line: print(line, flush=True))
+    except (ClusterError, CheckpointError, MNISTDataError, WriteError, OSError,
+            ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the models finished so far are in the cache; run the same command "
+              "again to train the rest", file=sys.stderr)
+        return 130
     return 0
 
 

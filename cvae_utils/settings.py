@@ -10,6 +10,8 @@
                            `precision_override`
 ``CVAE_DATA_DIR``          the MNIST root (default ``~/.cache/cvae_utils/data``); `data_dir`
 ``CVAE_CACHE_DIR``         the model cache (default ``~/.cache/cvae_utils/models``); `cache_dir`
+``CVAE_SCHEDULER``         the address of a Dask scheduler that trains the models (default:
+                           none, they train in the process that needs them); `scheduler`
 ``CVAE_NODE_MODULES``      where ``npm ci`` put onnxruntime-web and MathJax (default the
                            repository's ``node_modules``); `node_modules_dir`
 =========================  ===================================================================
@@ -25,8 +27,8 @@ import os
 from pathlib import Path
 
 __all__ = ["BUDGET_ENV", "VARIANTS_BUDGET_ENV", "PRECISION_ENV", "DATA_DIR_ENV", "CACHE_DIR_ENV",
-           "NODE_MODULES_ENV", "DEFAULT_BUDGET", "budget_name", "variants_budget_name",
-           "precision_override", "data_dir", "cache_dir", "node_modules_dir"]
+           "NODE_MODULES_ENV", "SCHEDULER_ENV", "DEFAULT_BUDGET", "budget_name", "variants_budget_name",
+           "precision_override", "data_dir", "cache_dir", "node_modules_dir", "scheduler"]
 
 BUDGET_ENV = "CVAE_BUDGET"
 VARIANTS_BUDGET_ENV = "CVAE_VARIANTS_BUDGET"
@@ -34,6 +36,7 @@ PRECISION_ENV = "CVAE_PRECISION"  # fp32, bf16, or auto (the default): what "aut
 DATA_DIR_ENV = "CVAE_DATA_DIR"
 CACHE_DIR_ENV = "CVAE_CACHE_DIR"
 NODE_MODULES_ENV = "CVAE_NODE_MODULES"
+SCHEDULER_ENV = "CVAE_SCHEDULER"
 DEFAULT_BUDGET = "paper"
 
 
@@ -76,3 +79,9 @@ def node_modules_dir() -> Path:
     holds this package."""
     return Path(os.environ.get(NODE_MODULES_ENV)
                 or Path(__file__).resolve().parents[1] / "node_modules")
+
+
+def scheduler() -> str | None:
+    """``CVAE_SCHEDULER`` (a Dask scheduler's address, e.g. ``tcp://127.0.0.1:8786``), or None
+    when it is unset or empty."""
+    return os.environ.get(SCHEDULER_ENV, "").strip() or None

@@ -124,7 +124,8 @@ def variants_overview(base: CVAEConfig | None = None) -> "pd.DataFrame":
                         index=pd.Index(list(VARIANTS), name="key"))
 
 
-def variants_budget(name: str | Budget | None = None) -> Budget:
+def variants_budget(name: str | Budget | None = None, *, book: str | Budget | None = None
+                    ) -> Budget:
     """The budget of the variants chapter.
 
     With a name (or a `Budget`), that budget. Otherwise ``CVAE_VARIANTS_BUDGET`` if it is set,
@@ -144,7 +145,7 @@ def variants_budget(name: str | Budget | None = None) -> Budget:
         except ValueError as error:
             raise ValueError(f"{error}; or unset CVAE_VARIANTS_BUDGET to follow CVAE_BUDGET "
                              f"(capped at {VARIANTS_BUDGET_CAP})") from error
-    book = get_budget()
+    book = get_budget(book)  # the book's budget: given, else CVAE_BUDGET
     order = list(BUDGETS)
     if book.name in order and order.index(book.name) > order.index(VARIANTS_BUDGET_CAP):
         return BUDGETS[VARIANTS_BUDGET_CAP]

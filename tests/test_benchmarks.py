@@ -35,8 +35,8 @@ def numbers(line: str) -> list[float]:
 
 def test_every_script_has_a_smoke_test():
     # bench_browser.py needs a built book and Chromium: its smoke test is in test_browser.py
-    assert SCRIPTS == ["bench_book.py", "bench_browser.py", "bench_epoch.py", "bench_is.py",
-                       "profile_step.py"]
+    assert SCRIPTS == ["bench_book.py", "bench_browser.py", "bench_cluster.py", "bench_epoch.py",
+                       "bench_is.py", "profile_step.py"]
 
 
 def test_bench_epoch(tmp_path, mnist_root):
@@ -81,3 +81,14 @@ def test_bench_book_trains_into_a_fresh_cache(tmp_path, mnist_root):
     assert "exit status 0" in out
     assert re.search(r"wall time \d+ s", out) and re.search(r"peak resident memory .* MiB", out)
     assert not (tmp_path / "cache").exists()  # a fresh temporary cache, not CVAE_CACHE_DIR
+
+
+def test_bench_cluster(tmp_path, mnist_root):
+    out = run("bench_cluster.py", tmp_path=tmp_path, mnist_root=mnist_root)
+    makespan = next(line for line in out.splitlines() if line.startswith("makespan of 2 smoke"))
+    assert all(math.isfinite(v) and v > 0 for v in numbers(makespan))
+    assert "overhead per paper model:" in out
+    for workers in (3, 9, 27):
+        line = next(line for line in out.splitlines() if line.strip().startswith(f"{workers} workers"))
+        hours, speedup = numbers(line)[1:3]
+        assert 0 < hours and 1 < speedup <= workers

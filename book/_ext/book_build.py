@@ -28,7 +28,13 @@ Listed in ``book/_config.yml`` under ``sphinx: local_extensions`` (with the othe
   failed (an exercise's hidden check included) makes the build exit with status 1, after every
   chapter has run and the pages, with the failure's report, are written.
 
-An unknown ``CVAE_BUDGET`` or ``CVAE_VARIANTS_BUDGET`` stops the build before anything runs.
+* **Training on a cluster first**, when ``CVAE_SCHEDULER`` names a Dask scheduler: after the
+  plan, every model the executing chapters need and the cache lacks is trained there
+  (`cvae_utils.cluster.train_models`), with a line per finished model (done, running, left, an
+  estimate), before the first chapter runs; the chapters then find them all in the cache.
+
+An unknown ``CVAE_BUDGET`` or ``CVAE_VARIANTS_BUDGET`` stops the build before anything runs, and
+so does a scheduler that cannot be reached.
 """
 from __future__ import annotations
 
@@ -50,13 +56,17 @@ from myst_nb.sphinx_ import NbMetadataCollector
 import book_kernel
 from book_plan import ChapterStartProbe, build_plan, needs_of
 from book_terminal import PROGRESS_ENV, Relay
+from cvae_utils import settings
+from cvae_utils.book_models import book_models
+from cvae_utils.cluster import ClusterError, train_models
 from cvae_utils.config import get_budget
 from cvae_utils.files import write_atomically
 from cvae_utils.progress import format_duration
 from cvae_utils.speed import precision_override
 from cvae_utils.variants import variants_budget
 
-__all__ = ["setup", "execution_cache_folder", "write_kernel_spec", "BuildState"]
+__all__ = ["setup", "execution_cache_folder", "write_kernel_spec", "BuildState",
+           "train_on_cluster"]
 
 logger = logging.getLogger(__name__)
 PREFIX = "[cvae] "
@@ -199,8 +209,25 @@ def _before_read(app: Sphinx, env, docnames) -> None:
     for line in plan.lines():
         _say("  " + line)
     state.estimate = plan.seconds if execute else None
+    scheduler = settings.scheduler()
+    if scheduler and execute and plan.to_train:
+        _say(f"training on the Dask cluster at {scheduler} before the chapters run")
+        train_on_cluster(scheduler, needs, lambda line: _say("  " + line))
+        state.estimate = None  # the plan counted the training done now
     state.relay = Relay(state.progress_path, lambda line: _say(f"  {state.current}: {line}"))
     state.relay.start()
+
+
+def train_on_cluster(scheduler: str, needs: set | None, log) -> int:
+    """Train on the cluster of ``scheduler`` every model of the book's budgets that ``needs``
+    (what the executing chapters ask for; None: everything) names and the cache lacks."""
+    needs = needs if needs is not None else {"book", "classifier", "variants"}
+    models = [model for model in book_models() if model.groups & needs]
+    try:
+        return train_models(models, scheduler=scheduler, log=log)
+    except ClusterError as error:
+        raise ExtensionError(f"{error} (before any chapter ran; unset CVAE_SCHEDULER to train "
+                             f"in the chapters instead)") from None
 
 
 def _source_read(app: Sphinx, docname: str, source: list) -> None:
