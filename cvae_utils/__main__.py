@@ -22,7 +22,7 @@ from .cluster import ClusterError, train_models
 from .config import BUDGETS, book_config, get_budget, tutorial_config
 from .data import MNISTDataError, data_root, load_mnist
 from .files import WriteError
-from .progress import show_on
+from .progress import show_on, stop_showing
 from .speed import explain_precision
 from .train import default_device
 from .variants import variants_budget
@@ -83,10 +83,13 @@ def main(argv: list[str] | None = None) -> int:
             models = [m for m in models
                       if "book" in m.groups and m.num_quadrants in quadrants]
         data = load_mnist(args.data_dir)
-        show_on(sys.stderr)  # a line per epoch
-        train_models(models, data, workers=args.workers, scheduler=scheduler,
-                     cache=args.cache_dir, retrain=args.retrain, device=device,
-                     log=lambda line: print(line, flush=True))
+        listener = show_on(sys.stderr)  # a line per epoch
+        try:
+            train_models(models, data, workers=args.workers, scheduler=scheduler,
+                         cache=args.cache_dir, retrain=args.retrain, device=device,
+                         log=lambda line: print(line, flush=True))
+        finally:
+            stop_showing(listener)
     except (ClusterError, CheckpointError, MNISTDataError, WriteError, OSError,
             ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

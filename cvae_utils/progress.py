@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import math
 
-__all__ = ["logger", "LOGGER_NAME", "epoch_done", "item_done", "format_duration", "show_on"]
+__all__ = ["logger", "LOGGER_NAME", "epoch_done", "item_done", "format_duration", "show_on",
+           "stop_showing"]
 
 LOGGER_NAME = "cvae_utils.progress"
 logger = logging.getLogger(LOGGER_NAME)
@@ -71,7 +72,15 @@ def show_on(stream) -> logging.Handler:
     handler, for ``logger.removeHandler``. The command line's way of listening."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._previous = (logger.level, logger.propagate)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     return handler
+
+
+def stop_showing(handler: logging.Handler) -> None:
+    """Undo `show_on`: remove ``handler`` and give the logger back its level."""
+    logger.removeHandler(handler)
+    logger.setLevel(handler._previous[0])
+    logger.propagate = handler._previous[1]

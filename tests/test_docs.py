@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted((ROOT / "cvae_utils").glob("*.py"))
 # infrastructure: the package's entry points, the cache and files, the environment and the
 # progress lines (the README explains them; no chapter does)
-NO_CHAPTER = {"__init__.py", "__main__.py", "cache.py", "files.py", "progress.py", "settings.py"}
+NO_CHAPTER = {"__init__.py", "__main__.py", "cache.py", "cluster.py", "files.py", "progress.py",
+              "settings.py"}
 
 # `chapter "A"`, `chapters "A" and "B"`, `chapters "A", "B" and "C"`
 CITATION = re.compile(r'\b[Cc]hapters?\s+((?:"[^"]+"(?:,\s*and\s+|\s+and\s+|,\s*)?)+)')

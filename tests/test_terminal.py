@@ -111,8 +111,7 @@ def test_without_a_listener_training_is_silent_and_the_command_line_listens(tiny
     try:
         train_baseline(train, val, SMALL.baseline, max_epochs=2, device="cpu")
     finally:
-        progress.logger.removeHandler(handler)
-        progress.logger.setLevel(logging.NOTSET)
+        progress.stop_showing(handler)
     err = capsys.readouterr().err.splitlines()
     assert [line.split(",")[0] for line in err] == ["baseline k=1: epoch 1/2",
                                                     "baseline k=1: epoch 2/2"]

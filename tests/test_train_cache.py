@@ -148,10 +148,10 @@ def test_command_line_fills_then_reads_the_cache(mnist_root, tmp_path, capsys):
             "--cache-dir", str(tmp_path / "models")]
     assert main(args) == 0
     first = capsys.readouterr().out
-    assert "budget smoke" in first and "loaded" not in first
+    assert "budget smoke" in first and "2 of 2 models to train in this process" in first
     assert len(list((tmp_path / "models").glob("*.pt"))) == 2
     assert main(args) == 0
-    assert "loaded cvae k=1" in capsys.readouterr().out
+    assert "all 2 models are in the model cache" in capsys.readouterr().out
 
 
 def test_command_line_rejects_bad_quadrants(capsys):
