@@ -280,8 +280,10 @@ def _train_on_cluster(client, todo: list[BookModel], data: MNISTData,
         _store(model, result["checkpoint"])
         done += 1
         seconds.append(result["seconds"])
-        running = sum(len(keys) for keys in client.processing().values())
-        parallel = max(1, len(client.scheduler_info().get("workers", {})))
+        workers = client.scheduler_info().get("workers", {})
+        parallel = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+        assigned = sum(len(keys) for keys in client.processing().values())
+        running = min(assigned, parallel)  # a worker may hold more tasks than it has threads
         log(f"{model.label} ({model.budget.name}): {format_duration(result['seconds'])} on "
             f"{result['worker']}; " + _status(done, running, len(todo), seconds, parallel))
     return done
