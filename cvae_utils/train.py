@@ -272,8 +272,9 @@ def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
                 total += svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])
             average.update()
         _check_finite(total, f"cvae k={train.num_quadrants}", epoch, config)
-        with average.swapped_in(), ctx:              # validate and keep the averaged weights
-            val_loss = validation_loss(cvae, val, val_y_hat)
+        with average.swapped_in():                   # validate and keep the averaged weights
+            with ctx:
+                val_loss = validation_loss(cvae, val, val_y_hat)
             if history.add(total / len(train), val_loss, time.perf_counter() - start):
                 best_state = copy.deepcopy(cvae.state_dict())
             if on_epoch is not None:                 # e.g. `Snapshots` for the animation
@@ -316,11 +317,6 @@ class Snapshots:
     def __call__(self, epoch: int, cvae: CVAE, history: History) -> None:
         device = next(cvae.parameters()).device
         x = self.x.to(device)
-        with torch.autocast(device.type, enabled=False):                   # float32
-            self.draw(cvae, x, history)
-
-    def draw(self, cvae: CVAE, x: torch.Tensor, history: History) -> None:
-        device = x.device
         prior = cvae.prior(x).base_dist
         z = prior.loc + prior.scale * self.noise.to(device)                  # (S, n, z_dim)
         decoder = cvae.generation_net  # speed: x's part of the first layer once per image
