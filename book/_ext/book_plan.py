@@ -152,7 +152,7 @@ class BuildPlan:
         if budget.name != "smoke" and self.seconds > 120:
             faster = "smoke" if budget.name == "quick" else "quick"
             out.append(f"for a faster build: CVAE_BUDGET={faster} jupyter-book build book/ "
-                       f"(or train beforehand: python -m cvae_utils train --budget "
+                       f"(or train beforehand: python -m cvae_utils train --book --budget "
                        f"{budget.name})")
         return out
 
