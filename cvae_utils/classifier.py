@@ -124,7 +124,7 @@ def train_classifier(data: MNISTData, config: ClassifierConfig | None = None,
                 total += loss.item()
             model.eval()
             val_loss = _split_loss(model, val)
-            if history.add(total / len(train), val_loss, time.perf_counter() - start):
+            if history.add(total / len(train), val_loss, since=start):
                 best_state, waited = copy.deepcopy(model.state_dict()), 0
             else:
                 waited += 1

@@ -58,12 +58,13 @@ class History:
     best_epoch: int = 0                                    # epoch whose weights were kept
     snapshots: torch.Tensor | None = None  # (epochs, inputs, samples, 784) uint8, CVAE only
 
-    def add(self, train_loss: float, val_loss: float, seconds: float) -> bool:
-        """Record one epoch; True when its validation loss is the lowest so far."""
+    def add(self, train_loss: float, val_loss: float, *, since: float) -> bool:
+        """Record one epoch that started at ``time.perf_counter()`` ``since``; True when its
+        validation loss is the lowest so far."""
         best = val_loss < (self.best_val_loss if self.best_epoch else math.inf)
         self.train_loss.append(train_loss)
         self.val_loss.append(val_loss)
-        self.seconds.append(seconds)
+        self.seconds.append(time.perf_counter() - since)
         if best:
             self.best_epoch = len(self.val_loss)
         return best
@@ -131,38 +132,40 @@ def baseline_loss(baseline: BaselineNet, data: QuadrantData) -> torch.Tensor:
                       for x, y in zip(data.x.split(EVAL_CHUNK), data.y.split(EVAL_CHUNK))])
 
 
-def train_baseline(train: QuadrantData, val: QuadrantData, config: BaselineConfig | None = None,
-                   *, max_epochs: int = 100, device=None) -> tuple[BaselineNet, History]:
-    """Train the baseline MLP with Adam on the masked BCE; early stopping on ``val``."""
+def train_baseline(train, val, config=None, *, max_epochs=100,
+                   device=None):
+    """Train the baseline MLP with Adam on the masked BCE."""
     config, device = config or BaselineConfig(), _device(device)
+    name = f"baseline k={train.num_quadrants}"
     mask = _check_splits(train, val)
-    flush_denormals()                                # speed: denormal floats count as zero
+    flush_denormals()                        # speed: denormals count as 0
     torch.manual_seed(config.seed)
     baseline = BaselineNet(config).to(device)
-    optimizer = torch.optim.Adam(baseline.parameters(), lr=config.lr, fused=True)
-    ctx = autocast(config.precision, device, baseline)  # speed: bfloat16 products if asked
+    optimizer = torch.optim.Adam(baseline.parameters(), lr=config.lr,
+                                 fused=True)
+    ctx = autocast(config.precision, device, baseline)  # speed: bf16
     x, y, val = train.x.to(device), train.y.to(device), val.to(device)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    history, best_state, waited = History(), None, 0
+    rng = torch.Generator().manual_seed(config.seed)  # shuffles epochs
+    history, best, waited = History(), None, 0
     for epoch in range(1, max_epochs + 1):
         start, total = time.perf_counter(), 0.0
-        for idx in iterate_minibatches(len(train), config.batch_size, shuffle):
+        for idx in iterate_minibatches(len(x), config.batch_size, rng):
             with ctx:
                 loss = masked_bce(baseline.logits(x[idx]), y[idx]).sum()
             optimizer.zero_grad(set_to_none=True)
-            (loss / len(idx)).backward()             # the mean over the batch's images
+            (loss / len(idx)).backward()     # mean over the minibatch
             optimizer.step()
             total += loss.item()
         with ctx:
             val_loss = baseline_loss(baseline, val).mean().item()
-        if history.add(total / len(train), val_loss, time.perf_counter() - start):
-            best_state, waited = copy.deepcopy(baseline.state_dict()), 0
+        if history.add(total / len(x), val_loss, since=start):
+            best, waited = copy.deepcopy(baseline.state_dict()), 0
         else:
             waited += 1
-        history.report(f"baseline k={train.num_quadrants}", max_epochs)
-        if waited >= config.patience:                # early stopping
+        history.report(name, max_epochs)
+        if waited >= config.patience:        # early stopping
             break
-    baseline.load_state_dict(_best(best_state, f"baseline k={train.num_quadrants}", history))
+    baseline.load_state_dict(_best(best, name, history))
     baseline.input_mask = mask.cpu()
     return baseline.eval(), history
 
@@ -231,63 +234,66 @@ class KLWeight(Messenger):
 
 
 @torch.no_grad()
-def frozen_guesses(cvae: CVAE, x: torch.Tensor) -> torch.Tensor | None:
+def frozen_guesses(cvae: CVAE, x: torch.Tensor) -> torch.Tensor:
     """The frozen baseline's guesses for ``x`` (N, 784), computed once, chunk by chunk: they
-    never change during training. None for a baseline that trains (a variant)."""
-    if any(p.requires_grad for p in cvae.baseline.parameters()):
-        return None
+    never change during training. (A variant whose baseline trains computes its own and
+    ignores these.)"""
     y_hat = torch.empty_like(x)
     for chunk, out in zip(x.split(EVAL_CHUNK), y_hat.split(EVAL_CHUNK)):
         out.copy_(cvae.baseline_guess(chunk))
     return y_hat
 
 
-def train_cvae(train: QuadrantData, val: QuadrantData, baseline: BaselineNet,
-               config: CVAEConfig | None = None, *, max_epochs: int = 100, device=None,
-               on_epoch=None) -> tuple[CVAE, History]:
-    """Train the CVAE on a trained baseline with Pyro's SVI; early stopping on ``val``."""
+def train_cvae(train, val, baseline, config=None, *, max_epochs=100,
+               device=None, on_epoch=None):
+    """Train the CVAE on a trained baseline with Pyro's SVI."""
     config, device = config or CVAEConfig(), _device(device)
-    mask = _check_splits(train, val, baseline)
-    flush_denormals()                                # speed: denormal floats count as zero
+    name = f"cvae k={train.num_quadrants}"
+    mask = _check_splits(train, val, baseline)  # the layout of the data
+    flush_denormals()                        # speed: denormals count as 0
     torch.manual_seed(config.seed)
-    cvae = build_cvae(baseline.to(device), config).to(device)  # the book's CVAE, or a variant
+    cvae = build_cvae(baseline.to(device), config).to(device)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    kl = KLWeight()                                  # the KL term's weight: the warm-up
-    guide, loss = objective(cvae, config, kl)        # the -ELBO, its KL term in closed form
-    optimizer = JointAdam(config.lr, gamma=config.lr_decay)  # speed: one fused Adam
+    kl = KLWeight()                          # KL term's weight: warm-up
+    guide, loss = objective(cvae, config, kl)  # -ELBO, closed-form KL
+    optimizer = JointAdam(config.lr, config.lr_decay)  # speed: one Adam
     svi = SVI(kl(cvae.model), guide, optimizer, loss)
-    average = WeightAverage(cvae.parameters(), config.weight_average, config.average_every)
-    ctx = autocast(config.precision, device, cvae)   # speed: bfloat16 products if asked
+    average = WeightAverage(cvae.parameters(), config.weight_average,
+                            config.average_every)
+    ctx = autocast(config.precision, device, cvae)     # speed: bfloat16
     x, y, val = train.x.to(device), train.y.to(device), val.to(device)
-    y_hat, val_y_hat = frozen_guesses(cvae, x), frozen_guesses(cvae, val.x)  # speed
-    shuffle = torch.Generator().manual_seed(config.seed)
-    warmup, checks = config.warmup_epochs(max_epochs), pyro.distributions.is_validation_enabled()
-    history, best_state, reference, waited = History(), None, math.inf, 0
+    y_hat = frozen_guesses(cvae, x)          # speed: baseline's guesses
+    val_y_hat = frozen_guesses(cvae, val.x)
+    rng = torch.Generator().manual_seed(config.seed)  # shuffles epochs
+    warmup = config.warmup_epochs(max_epochs)
+    checks = pyro.distributions.is_validation_enabled()
+    history, best, reference, waited = History(), None, math.inf, 0
     for epoch in range(1, max_epochs + 1):
         kl.weight = min(1.0, epoch / (warmup + 1))
         start, total = time.perf_counter(), 0.0
-        for idx in iterate_minibatches(len(train), config.batch_size, shuffle):
-            with ctx, pyro.validation_enabled(checks and epoch == 1):  # speed: epoch 1 only
-                total += svi.step(x[idx], y[idx], None if y_hat is None else y_hat[idx])
+        for idx in iterate_minibatches(len(x), config.batch_size, rng):
+            # speed: Pyro checks shapes and supports in epoch 1 only
+            with ctx, pyro.validation_enabled(checks and epoch == 1):
+                total += svi.step(x[idx], y[idx], y_hat[idx])
             average.update()
-        _check_finite(total, f"cvae k={train.num_quadrants}", epoch, config)
-        with average.swapped_in():                   # validate and keep the averaged weights
+        _check_finite(total, name, epoch, config)
+        with average.swapped_in():           # validate averaged weights
             with ctx:
                 val_loss = validation_loss(cvae, val, val_y_hat)
-            if history.add(total / len(train), val_loss, time.perf_counter() - start):
-                best_state = copy.deepcopy(cvae.state_dict())
-            if on_epoch is not None:                 # e.g. `Snapshots` for the animation
+            if history.add(total / len(x), val_loss, since=start):
+                best = copy.deepcopy(cvae.state_dict())
+            if on_epoch is not None:         # e.g. `Snapshots`
                 on_epoch(epoch, cvae, history)
         if val_loss < reference - config.min_delta:  # early stopping
             reference, waited = val_loss, 0
         elif epoch > warmup:
             waited += 1
-        history.report(f"cvae k={train.num_quadrants}", max_epochs)
+        history.report(name, max_epochs)
         if waited >= config.patience:
             break
-        optimizer.decay_lr()                         # the learning rate's schedule
-    cvae.load_state_dict(_best(best_state, f"cvae k={train.num_quadrants}", history))
+        optimizer.decay_lr()                 # learning rate's schedule
+    cvae.load_state_dict(_best(best, name, history))
     cvae.input_mask = mask.cpu()
     return cvae.eval(), history
 

@@ -65,6 +65,9 @@ class JointBaselineCVAE(CVAE):
     def baseline_guess(self, x: torch.Tensor) -> torch.Tensor:
         return self.baseline(x.reshape(x.shape[0], NUM_PIXELS))        # with gradients
 
+    def prior(self, x: torch.Tensor, y_hat: torch.Tensor | None = None):
+        return super().prior(x)  # the guesses of the baseline as it is now, not as it was
+
     def model(self, x, y=None, y_hat=None):
         pyro.module("baseline", self.baseline)
         return super().model(x, y, y_hat)

@@ -45,6 +45,7 @@ def test_classifier_learns_a_separable_problem():
     model, history = train_classifier(data, SMALL, TINY, device="cpu")
     assert not model.training
     assert 1 <= history.num_epochs <= 4 and history.best_val_loss == min(history.val_loss)
+    assert all(0 < seconds < 60 for seconds in history.seconds)  # each epoch's wall time
     assert classifier_accuracy(model, data.test) >= 0.95
     assert predict_digits(model, data.test.images).shape == (100,)
 

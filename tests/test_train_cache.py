@@ -51,6 +51,7 @@ def test_baseline_training_history_and_best_weights(tiny_data):
     train, val = quadrant_splits(tiny_data)
     model, history = train_baseline(train, val, BASE, max_epochs=3, device="cpu")
     assert history.num_epochs >= 1 and len(history.val_loss) == len(history.seconds)
+    assert all(0 < seconds < 60 for seconds in history.seconds)  # each epoch's wall time
     assert history.best_val_loss == min(history.val_loss)
     # the returned weights are the best epoch's: they reproduce its validation loss
     torch.testing.assert_close(baseline_loss(model, val).mean().item(), history.best_val_loss)
