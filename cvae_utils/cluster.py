@@ -40,7 +40,7 @@ import torch
 from .book_models import BookModel
 from .cache import (MODEL_CODE, cache_dir, checkpoint_path, code_digest, load_checkpoint,
                     model_key, resolved, trained_baseline, trained_cvae)
-from .classifier import DigitClassifier, trained_classifier
+from .classifier import DigitClassifier, classifier_key, trained_classifier
 from .config import CVAEConfig
 from .data import MNISTData, load_mnist
 from .files import check_writable, write_atomically
@@ -106,6 +106,14 @@ def _train_task(model: BookModel, data: MNISTData, baseline: dict | bytes | None
 
     worker = get_worker()
     _check_versions(client_versions, f"the client (seen from worker {worker.address})")
+    key = (classifier_key(model.config, model.budget) if model.kind == "classifier" else
+           model_key(model.kind, model.config, model.budget, model.num_quadrants))
+    if key != model.key:  # e.g. the package's files changed on disk since the client started
+        differ = sorted(name for name in key.keys() | model.key.keys()
+                        if key.get(name) != model.key.get(name))
+        raise ClusterError(f"worker {worker.address} derives another cache key for "
+                           f"{model.label} than the client ({', '.join(differ)} differ); run "
+                           f"client and workers on the same code")
     torch.set_num_threads(max(1, worker.state.nthreads))  # the worker's share of its machine
     if isinstance(baseline, dict):
         baseline = baseline["checkpoint"]

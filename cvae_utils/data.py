@@ -232,11 +232,12 @@ def quadrant_label(num_quadrants: int, word: str = "") -> str:
 def input_mask(num_quadrants: int, device=None) -> torch.Tensor:
     """(28, 28) boolean mask of the input pixels x for k input quadrants.
 
-    1 quadrant: bottom-left; 2 quadrants: the left half; 3 quadrants: all but bottom-right.
-    The output pixels y are the complement.
+    1 quadrant: bottom-left; 2 quadrants: the left half; 3 quadrants: all
+    but bottom-right. The output pixels y are the complement.
     """
     k = check_num_quadrants(num_quadrants)
-    mask = torch.zeros(IMAGE_SIDE, IMAGE_SIDE, dtype=torch.bool, device=device)
+    mask = torch.zeros(IMAGE_SIDE, IMAGE_SIDE, dtype=torch.bool,
+                       device=device)
     mask[HALF:, :HALF] = True          # bottom-left, always an input
     if k >= 2:
         mask[:HALF, :HALF] = True      # top-left
@@ -248,24 +249,29 @@ def input_mask(num_quadrants: int, device=None) -> torch.Tensor:
 def mask_quadrants(images: torch.Tensor, num_quadrants: int):
     """Split images into input x and output y for k input quadrants.
 
-    ``images``: (N, 28, 28) or (N, 784) floats in [0, 1]. Returns ``(x, y, x_mask, y_mask)``: x
-    holds the input pixels and -1 elsewhere, y the output pixels and -1 elsewhere (same shape as
-    ``images``); the masks are boolean, shaped like one image, and partition it.
+    ``images``: (N, 28, 28) or (N, 784) floats in [0, 1]. Returns
+    ``(x, y, x_mask, y_mask)``: x holds the input pixels and -1 elsewhere,
+    y the output pixels and -1 elsewhere (same shape as ``images``); the
+    masks are boolean, shaped like one image, and partition it.
     """
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}; for a "
-                        f"numpy array use torch.from_numpy(array).float() (divided by 255 if "
-                        f"it holds bytes)")
+        raise TypeError(f"images must be a torch.Tensor, got "
+                        f"{type(images).__name__}; for a numpy array use "
+                        f"torch.from_numpy(array).float() (divided by "
+                        f"255 if it holds bytes)")
     if not images.is_floating_point():
-        raise TypeError(f"images must hold floats in [0, 1], got dtype {images.dtype}; for "
-                        f"bytes 0-255 use images.float() / 255")
+        raise TypeError(f"images must hold floats in [0, 1], got dtype "
+                        f"{images.dtype}; for bytes 0-255 use "
+                        f"images.float() / 255")
     if images.dim() != 3 and images.dim() != 2:
-        raise ValueError(f"images must be (N, 28, 28) or (N, 784), got shape {tuple(images.shape)}")
+        raise ValueError(f"images must be (N, 28, 28) or (N, 784), got "
+                         f"shape {tuple(images.shape)}")
     x_mask = input_mask(num_quadrants, device=images.device)
     if images.shape[1:] == (NUM_PIXELS,):
         x_mask = x_mask.reshape(-1)
     elif images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
-        raise ValueError(f"images must be (N, 28, 28) or (N, 784), got shape {tuple(images.shape)}")
+        raise ValueError(f"images must be (N, 28, 28) or (N, 784), got "
+                         f"shape {tuple(images.shape)}")
     y_mask = ~x_mask
     missing = torch.tensor(-1.0, dtype=images.dtype, device=images.device)
     x = torch.where(x_mask, images, missing)

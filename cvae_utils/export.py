@@ -203,18 +203,21 @@ def round_weights_float16(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def torch_completions(cvae: CVAE, x, eps):
-    """PyTorch's baseline guess (n, 784) and completions (S, n, 784) for noise ``eps``.
+    """PyTorch's baseline guess (n, 784) and completions (S, n, 784) for
+    noise ``eps``.
 
-    ``x``: (n, 784) with -1 at missing pixels; ``eps``: (S, n, z_dim) standard normal noise,
-    turned into z = loc + scale * eps of the prior p(z|x), as `CVAE.sample` does.
+    ``x``: (n, 784) with -1 at missing pixels; ``eps``: (S, n, z_dim)
+    standard normal noise, turned into z = loc + scale * eps of the prior
+    p(z|x), as `CVAE.sample` does.
     """
     cvae = cvae.float().eval()
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))
     eps = torch.as_tensor(np.asarray(eps, dtype=np.float32))
-    guess = cvae.baseline(x)                                          # (n, 784)
+    guess = cvae.baseline(x)                              # (n, 784)
     prior = cvae.prior(x, guess).base_dist
-    z = prior.loc + prior.scale * eps                                 # (S, n, z_dim)
-    samples = torch.stack([torch.sigmoid(cvae.generation_net(z_s, x)) for z_s in z])
+    z = prior.loc + prior.scale * eps                     # (S, n, z_dim)
+    samples = torch.stack([torch.sigmoid(cvae.generation_net(z_s, x))
+                           for z_s in z])
     return guess.numpy(), samples.numpy()
 
 

@@ -42,31 +42,38 @@ def fill_missing(x: torch.Tensor, guess: torch.Tensor) -> torch.Tensor:
 
 
 def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Bernoulli negative log-likelihood of the output pixels, summed per image, in nats.
+    """Bernoulli negative log-likelihood of the output pixels, summed per
+    image, in nats.
 
-    ``logits``: (..., batch, 784) scores of the predicted pixel probabilities, where leading
-    dimensions (samples of z) broadcast against ``y``: (batch, 784) with the true output pixels
-    and -1 elsewhere. Pixels where y is -1 contribute nothing. Returns (..., batch). Grey values in
-    (0, 1) are used as soft targets, as is usual for MNIST.
+    ``logits``: (..., batch, 784) scores of the predicted pixel
+    probabilities, where leading dimensions (samples of z) broadcast
+    against ``y``: (batch, 784) with the true output pixels and -1
+    elsewhere. Pixels where y is -1 contribute nothing. Returns
+    (..., batch). Grey values in (0, 1) are used as soft targets, as is
+    usual for MNIST.
     """
     logits, y = _flat(logits), _flat(y)
     try:
         torch.broadcast_shapes(logits.shape, y.shape)
     except RuntimeError:
-        raise ValueError(f"logits {tuple(logits.shape)} and y {tuple(y.shape)} must match "
-                         f"(or broadcast): both end in (batch, 784)") from None
+        raise ValueError(f"logits {tuple(logits.shape)} and y "
+                         f"{tuple(y.shape)} must match (or broadcast): "
+                         f"both end in (batch, 784)") from None
     is_output = y >= 0
     target = y.clamp(min=0)
-    nll = F.softplus(logits) - target * logits  # -[t log s(l) + (1-t) log(1-s(l))]
+    # -[t log s(l) + (1-t) log(1-s(l))]
+    nll = F.softplus(logits) - target * logits
     return torch.where(is_output, nll, torch.zeros_like(nll)).sum(-1)
 
 
 class BaselineNet(nn.Module):
-    """The deterministic baseline: 784-500-500-784 MLP from x to the pixel probabilities of y.
+    """The deterministic baseline: 784-500-500-784 MLP from x to the pixel
+    probabilities of y.
 
-    ``input_mask`` records the input pixels of the layout it was trained for, (784,) bool
-    (set by training and by the cache; None for a model built by hand), so that functions
-    given data can check that it fits (`cvae_utils.data.check_layout`).
+    ``input_mask`` records the input pixels of the layout it was trained
+    for, (784,) bool (set by training and by the cache; None for a model
+    built by hand), so that functions given data can check that it fits
+    (`cvae_utils.data.check_layout`).
     """
 
     input_mask: torch.Tensor | None = None
@@ -81,7 +88,7 @@ class BaselineNet(nn.Module):
         )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(_flat(x))                                      # (batch, 784)
+        return self.net(_flat(x))                          # (batch, 784)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pixel probabilities (sigmoid of the logits), (batch, 784)."""
@@ -89,11 +96,13 @@ class BaselineNet(nn.Module):
 
 
 class Encoder(nn.Module):
-    """784-500-500 MLP to the loc and positive scale of a diagonal Gaussian over z.
+    """784-500-500 MLP to the loc and positive scale of a diagonal
+    Gaussian over z.
 
-    Used twice: as the prior network p(z|x) and as the recognition network q(z|x,y). Both read a
-    complete 784-pixel image: x with its missing pixels filled in (by the baseline's guess for the
-    prior, by the true y for the recognition network).
+    Used twice: as the prior network p(z|x) and as the recognition network
+    q(z|x,y). Both read a complete 784-pixel image: x with its missing
+    pixels filled in (by the baseline's guess for the prior, by the true y
+    for the recognition network).
     """
 
     def __init__(self, config: CVAEConfig | None = None):
@@ -104,29 +113,36 @@ class Encoder(nn.Module):
             nn.Linear(config.hidden_1, config.hidden_2), nn.ReLU(),
         )
         self.loc = nn.Linear(config.hidden_2, config.z_dim)
-        self.log_scale = nn.Linear(config.hidden_2, config.z_dim)  # pre-activation of the scale
+        # pre-activation of the scale
+        self.log_scale = nn.Linear(config.hidden_2, config.z_dim)
         self.positive = torch.exp if config.scale == "exp" else F.softplus
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.body(_flat(image))                       # (batch, hidden_2)
-        return self.loc(hidden), self.positive(self.log_scale(hidden))  # (batch, z_dim) each
+    def forward(self, image: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.body(_flat(image))               # (batch, hidden_2)
+        # (batch, z_dim) each
+        return self.loc(hidden), self.positive(self.log_scale(hidden))
 
 
 class Decoder(nn.Module):
-    """The generation network p(y|x,z): x and z to the logits of the 784 pixels of y."""
+    """The generation network p(y|x,z): x and z to the logits of the 784
+    pixels of y."""
 
     def __init__(self, config: CVAEConfig | None = None):
         super().__init__()
         config = config or CVAEConfig()
         self.net = nn.Sequential(
-            nn.Linear(config.z_dim + NUM_PIXELS, config.hidden_1), nn.ReLU(),
+            nn.Linear(config.z_dim + NUM_PIXELS, config.hidden_1),
+            nn.ReLU(),
             nn.Linear(config.hidden_1, config.hidden_2), nn.ReLU(),
             nn.Linear(config.hidden_2, NUM_PIXELS),
         )
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Logits (..., batch, 784) for z (..., batch, z_dim): one x serves every sample of z."""
-        x = _flat(x).expand(*z.shape[:-1], NUM_PIXELS)                  # (..., batch, 784)
+        """Logits (..., batch, 784) for z (..., batch, z_dim): one x
+        serves every sample of z."""
+        # (..., batch, 784)
+        x = _flat(x).expand(*z.shape[:-1], NUM_PIXELS)
         return self.net(torch.cat([z, x], dim=-1))
 
 
@@ -168,9 +184,10 @@ class CVAE(nn.Module):
         with torch.no_grad():
             return self.baseline(_flat(x))
 
-    def prior(self, x: torch.Tensor, y_hat: torch.Tensor | None = None) -> dist.Normal:
-        """p(z|x) as a batch of diagonal Gaussians, read from x completed by the baseline's
-        guess ``y_hat`` (computed here unless given)."""
+    def prior(self, x: torch.Tensor,
+              y_hat: torch.Tensor | None = None) -> dist.Normal:
+        """p(z|x) as a batch of diagonal Gaussians, read from x completed by
+        the baseline's guess ``y_hat`` (computed here unless given)."""
         x = _flat(x)
         if y_hat is None:
             y_hat = self.baseline_guess(x)
@@ -189,27 +206,32 @@ class CVAE(nn.Module):
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None,
               y_hat: torch.Tensor | None = None) -> torch.Tensor:
-        """Generative story: z ~ p(z|x), y ~ p(y|x,z). Returns the pixel probabilities of y.
+        """Generative story: z ~ p(z|x), y ~ p(y|x,z). Returns the pixel
+        probabilities of y.
 
-        ``x``, ``y``: (batch, 784) with -1 for pixels they do not hold. The baseline is frozen,
-        so its guesses ``y_hat`` for the training images never change: training computes them
-        once and passes them in (without them the prior computes them).
+        ``x``, ``y``: (batch, 784) with -1 for pixels they do not hold. The
+        baseline is frozen, so its guesses ``y_hat`` for the training images
+        never change: training computes them once and passes them in
+        (without them the prior computes them).
         """
         pyro.module("prior_net", self.prior_net)
         pyro.module("generation_net", self.generation_net)
         x = _flat(x)
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x, y_hat))                 # (batch, z_dim)
+            z = pyro.sample("z", self.prior(x, y_hat))     # (batch, z_dim)
             p_y = self.likelihood(x, z)
             if y is not None:
                 y = _flat(y)
-                # only the output pixels (y >= 0) are observed; the rest is masked out
-                pyro.sample("y", p_y.mask(y >= 0).to_event(1), obs=y.clamp(min=0))
-            return p_y.probs                                           # (batch, 784)
+                # only the output pixels (y >= 0) are observed; the rest
+                # is masked out
+                pyro.sample("y", p_y.mask(y >= 0).to_event(1),
+                            obs=y.clamp(min=0))
+            return p_y.probs                               # (batch, 784)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None,
               y_hat: torch.Tensor | None = None) -> None:
-        """Variational posterior q(z|x,y); without y, it falls back to the prior p(z|x)."""
+        """Variational posterior q(z|x,y); without y, it falls back to the
+        prior p(z|x)."""
         x = _flat(x)
         with pyro.plate("data", x.shape[0]):
             if y is None:

@@ -94,9 +94,10 @@ def build_cvae(baseline: BaselineNet, config: CVAEConfig | None = None) -> CVAE:
 
 
 def prior_guide(cvae: CVAE):
-    """The GSNN's guide: z from the prior network, whatever y is. With it the ELBO's KL term
-    vanishes and SVI trains the prior and generation networks on the Monte Carlo likelihood of
-    y under the prior, as they are used at test time."""
+    """The GSNN's guide: z from the prior network, whatever y is. With it
+    the ELBO's KL term vanishes and SVI trains the prior and generation
+    networks on the Monte Carlo likelihood of y under the prior, as they
+    are used at test time."""
 
     def guide(x, y=None, y_hat=None):
         cvae.guide(x, None, y_hat)
@@ -105,22 +106,28 @@ def prior_guide(cvae: CVAE):
 
 
 def objective(cvae: CVAE, config: CVAEConfig, kl_weight):
-    """The guide and the loss of ``config.objective`` for SVI, the guides under ``kl_weight``.
+    """The guide and the loss of ``config.objective`` for SVI, the guides
+    under ``kl_weight``.
 
-    The CVAE's loss is the negative ELBO: with ``analytic_kl`` (the book) `TraceMeanField_ELBO`
-    computes its KL term in closed form; `Trace_ELBO` estimates it from the sampled z, as the
-    tutorial does. The GSNN is the ELBO with the prior network as guide; the hybrid objective
-    is alpha * ELBO (recognition guide) + (1 - alpha) * ELBO (prior guide).
+    The CVAE's loss is the negative ELBO: with ``analytic_kl`` (the book)
+    `TraceMeanField_ELBO` computes its KL term in closed form;
+    `Trace_ELBO` estimates it from the sampled z, as the tutorial does.
+    The GSNN is the ELBO with the prior network as guide; the hybrid
+    objective is alpha * ELBO (recognition guide) + (1 - alpha) * ELBO
+    (prior guide).
     """
     elbo = TraceMeanField_ELBO() if config.analytic_kl else Trace_ELBO()
     if config.objective == "cvae":
         return kl_weight(cvae.guide), elbo
     if config.objective == "gsnn":
         return kl_weight(prior_guide(cvae)), elbo
-    alpha, guide_of_prior = config.hybrid_alpha, kl_weight(prior_guide(cvae))
+    alpha, guide_of_prior = (config.hybrid_alpha,
+                             kl_weight(prior_guide(cvae)))
 
     def hybrid_loss(model, guide, *args, **kwargs):
-        return (alpha * elbo.differentiable_loss(model, guide, *args, **kwargs)
-                + (1 - alpha) * elbo.differentiable_loss(model, guide_of_prior, *args, **kwargs))
+        return (alpha * elbo.differentiable_loss(
+                    model, guide, *args, **kwargs)
+                + (1 - alpha) * elbo.differentiable_loss(
+                    model, guide_of_prior, *args, **kwargs))
 
     return kl_weight(cvae.guide), hybrid_loss

@@ -227,3 +227,16 @@ def test_the_book_build_trains_on_the_cluster_before_the_chapters(cluster, tiny_
     with pytest.raises(ExtensionError, match="cannot reach the Dask scheduler.*before any "
                                              "chapter ran"):
         book_build.train_on_cluster("tcp://127.0.0.1:9", {"book"}, lines.append)
+
+
+def test_a_worker_that_derives_another_key_is_refused(cluster, models, tiny_data, tmp_path):
+    """A worker whose code gives another cache key than the client's (the package's files
+    changed, say) trains nothing: its result could never be found under the client's key."""
+    import dataclasses
+
+    forged = dataclasses.replace(models[0], key={**models[0].key, "code": "0" * 16})
+    with pytest.raises(ClusterError, match="derives another cache key for baseline k=1 "
+                                           r"than the client \(code differ\)"):
+        train_models([forged], tiny_data, scheduler=cluster.scheduler_address,
+                     cache=tmp_path / "cache", log=lambda line: None)
+    assert _files(tmp_path / "cache") == []

@@ -70,3 +70,56 @@ def test_module_docstrings_cite_chapters_that_exist(path):
     if path.name not in NO_CHAPTER:
         assert cited, (f'{path.name}: its docstring names no chapter; say which chapter explains '
                        f'it as chapter "Title"')
+
+
+# the widest code line that the built HTML pages show without a sideways scroll bar (measured in
+# Chromium: 75 columns for a plain cell)
+PAGE_WIDTH = 75
+LITERALINCLUDE = re.compile(r"^```\{literalinclude\}\s+(\S+)\s*\n((?::[\w-]+:.*\n)*)", re.M)
+
+
+def included_objects() -> list[tuple[str, Path, str]]:
+    """(chapter, source file, object) for every ``{literalinclude}`` with ``:pyobject:``."""
+    found = []
+    for chapter in sorted((ROOT / "book").glob("*.md")):
+        for match in LITERALINCLUDE.finditer(chapter.read_text(encoding="utf-8")):
+            options = dict(re.findall(r"^:([\w-]+):\s*(.*?)\s*$", match.group(2), re.M))
+            if "pyobject" in options:
+                source = (chapter.parent / match.group(1)).resolve()
+                found.append((chapter.name, source, options["pyobject"]))
+    return found
+
+
+def object_lines(source: Path, name: str) -> list[str]:
+    """The lines of the class, function or ``Class.method`` called `name` (its decorators
+    included), with the object's own indentation removed."""
+    text = source.read_text(encoding="utf-8")
+    body = ast.parse(text).body
+    node = None
+    for part in name.split("."):
+        node = next((child for child in body if isinstance(
+            child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and child.name == part), None)
+        assert node is not None, f"{source.name} has no {name}"
+        body = node.body
+    first = min([node.lineno] + [decorator.lineno for decorator in node.decorator_list])
+    lines = text.splitlines()[first - 1:node.end_lineno]
+    indent = len(lines[0]) - len(lines[0].lstrip())
+    return [line[indent:] if line[:indent].strip() == "" else line.lstrip() for line in lines]
+
+
+def test_the_included_objects_are_found():
+    found = {(chapter, name) for chapter, _, name in included_objects()}
+    assert {("baseline.md", "BaselineNet"), ("cvae_pyro.md", "CVAE.model"),
+            ("interactive.md", "torch_completions")} <= found
+    lines = object_lines(ROOT / "cvae_utils" / "networks.py", "CVAE.model")
+    assert lines[0].startswith("def model(") or lines[0].startswith("@")
+
+
+def test_included_code_fits_the_page_width():
+    """Every line that a chapter includes with ``:pyobject:`` fits the page's code box."""
+    offenders = [f"{chapter} {name} ({len(line)}): {line}"
+                 for chapter, source, name in included_objects()
+                 for line in object_lines(source, name) if len(line) > PAGE_WIDTH]
+    assert not offenders, (f"{len(offenders)} included lines are wider than {PAGE_WIDTH} "
+                           "characters:\n" + "\n".join(offenders))
