@@ -216,13 +216,15 @@ def train_models(models: list[BookModel], data: MNISTData | None = None, *,
     if not todo:
         log(f"all {len(models)} models are in the model cache ({directory})")
         return 0
-    data = data if data is not None else load_mnist()
-    log(f"{len(todo)} of {len(models)} models to train"
-        + (f" on {scheduler}" if scheduler else
-           f" on a local Dask cluster of {workers} workers" if workers else " in this process"))
+    where = (f" on {scheduler}" if scheduler else
+             f" on a local Dask cluster of {workers} workers" if workers else " in this process")
     if not workers and not scheduler:
+        log(f"{len(todo)} of {len(models)} models to train{where}")
+        data = data if data is not None else load_mnist()
         return _train_in_process(todo, data, directory, device, log)
-    with connect(workers, scheduler) as client:
+    with connect(workers, scheduler) as client:  # an unusable cluster fails before any work
+        log(f"{len(todo)} of {len(models)} models to train{where}")
+        data = data if data is not None else load_mnist()
         return _train_on_cluster(client, todo, data, log)
 
 
