@@ -29,7 +29,7 @@ from .config import Budget, ClassifierConfig, get_budget
 from .data import IMAGE_SIDE, NUM_PIXELS, MNISTData, Split, iterate_minibatches, load_mnist
 from .networks import device_of
 from .speed import flush_denormals
-from .train import EVAL_CHUNK, History, _device
+from .train import EVAL_CHUNK, History, pick_device
 
 __all__ = ["ClassifierConfig", "DigitClassifier", "train_classifier", "trained_classifier",
            "classifier_key", "classifier_path", "classifier_accuracy", "digit_probabilities",
@@ -95,7 +95,7 @@ def train_classifier(data: MNISTData, config: ClassifierConfig | None = None,
     """
     config = config or ClassifierConfig()
     budget = get_budget(budget)
-    device = _device(device)
+    device = pick_device(device)
     data = data.subset(budget)
     if len(data.train) == 0 or len(data.val) == 0:
         raise ValueError("train_classifier needs at least one training and one validation image")
@@ -157,7 +157,7 @@ def trained_classifier(budget: Budget | str | None = None, data: MNISTData | Non
     """
     config = config or ClassifierConfig()
     budget = get_budget(budget)
-    device = _device(device)
+    device = pick_device(device)
     data = (data if data is not None else load_mnist()).subset(budget)
     key = classifier_key(config, budget)
     model, history = cached_model(key, cache, DigitClassifier(config),

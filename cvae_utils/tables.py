@@ -49,7 +49,7 @@ from .evaluate import (DEFAULT_ELBO_SAMPLES, DEFAULT_NUM_SAMPLES, Estimate, base
                        check_num_samples, cvae_importance_sampling, cvae_mc_prior, cvae_neg_elbo)
 from .files import write_atomically
 from .published import published_table
-from .train import default_device
+from .train import pick_device
 
 if TYPE_CHECKING:  # imported where used: pandas is slow to import
     import pandas as pd
@@ -59,7 +59,7 @@ __all__ = [
     "cll_table", "format_table",
     # the machinery every table shares (`cvae_utils.variants.variants_table` uses it too)
     "table_key", "table_paths", "make_table", "Scores", "store_table", "load_table", "say",
-    "check_quadrant_counts", "table_device",
+    "check_quadrant_counts",
 ]
 
 # the rows of `cll_table`, in order, with their labels (`cll_labels` adds the sample counts) and
@@ -235,11 +235,6 @@ def check_quadrant_counts(num_quadrants: Sequence[int] | int) -> list[int]:
     return ks
 
 
-def table_device(device) -> torch.device:
-    """``device`` as a torch.device, or the default device (`cvae_utils.train.default_device`)."""
-    return torch.device(device) if device is not None else default_device()
-
-
 # ------------------------------------------------------------------------------------------------
 # The CLL table (chapter "Evaluation")
 # ------------------------------------------------------------------------------------------------
@@ -286,7 +281,7 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
     elbo_samples = check_num_samples(elbo_samples, "elbo_samples")
     config = config if config is not None else CVAEConfig()
     budget = get_budget(budget)
-    device = table_device(device)
+    device = pick_device(device)
     key = cll_table_key(ks, config, budget, num_samples=num_samples, elbo_samples=elbo_samples,
                         seed=seed, device=device)
     paths = table_paths(key, cache)

@@ -32,7 +32,7 @@ from .optim import JointAdam, WeightAverage
 from .speed import autocast, decoder_hidden, flush_denormals
 from .variant_models import build_cvae, objective
 
-__all__ = ["History", "train_baseline", "train_cvae", "default_device", "baseline_loss",
+__all__ = ["History", "train_baseline", "train_cvae", "default_device", "pick_device", "baseline_loss",
            "cvae_loss", "gsnn_loss", "validation_loss", "frozen_guesses", "Snapshots",
            "KLWeight", "EVAL_CHUNK"]
 
@@ -44,7 +44,8 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _device(device) -> torch.device:
+def pick_device(device) -> torch.device:
+    """``device`` as a torch.device, or `default_device()` when it is None."""
     return torch.device(device) if device is not None else default_device()
 
 
@@ -135,7 +136,7 @@ def baseline_loss(baseline: BaselineNet, data: QuadrantData) -> torch.Tensor:
 def train_baseline(train, val, config=None, *, max_epochs=100,
                    device=None):
     """Train the baseline MLP with Adam on the masked BCE."""
-    config, device = config or BaselineConfig(), _device(device)
+    config, device = config or BaselineConfig(), pick_device(device)
     name = f"baseline k={train.num_quadrants}"
     mask = _check_splits(train, val)
     flush_denormals()                        # speed: denormals count as 0
@@ -247,7 +248,7 @@ def frozen_guesses(cvae: CVAE, x: torch.Tensor) -> torch.Tensor:
 def train_cvae(train, val, baseline, config=None, *, max_epochs=100,
                device=None, on_epoch=None):
     """Train the CVAE on a trained baseline with Pyro's SVI."""
-    config, device = config or CVAEConfig(), _device(device)
+    config, device = config or CVAEConfig(), pick_device(device)
     name = f"cvae k={train.num_quadrants}"
     mask = _check_splits(train, val, baseline)  # the layout of the data
     flush_denormals()                        # speed: denormals count as 0

@@ -32,7 +32,8 @@ from .evaluate import (DEFAULT_NUM_SAMPLES, baseline_ncll, check_num_samples,
 from .progress import item_done
 from .published import TORCHZQ_ABLATION
 from .tables import (TABLE_CODE, Scores, check_quadrant_counts, load_table, make_table, say,
-                     store_table, table_device, table_key, table_paths)
+                     store_table, table_key, table_paths)
+from .train import pick_device
 
 if TYPE_CHECKING:  # imported where used: pandas is slow to import
     import pandas as pd
@@ -226,7 +227,7 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
                          f"{', '.join(VARIANT_ESTIMATORS)}")
     base = base if base is not None else CVAEConfig()
     budget = variants_budget(budget)
-    device = table_device(device)
+    device = pick_device(device)
     key = variants_table_key(keys, ks, base, budget, num_samples=num_samples,
                              estimator=estimator, seed=seed, device=device)
     rows, estimators = key["rows"], key["estimators"]  # decided once, by the key
