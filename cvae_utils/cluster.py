@@ -27,6 +27,7 @@ machine's book build looks for. The device is the worker's: its GPU when it has 
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 import tempfile
 import time
@@ -41,7 +42,7 @@ from .book_models import BookModel
 from .cache import (MODEL_CODE, cache_dir, checkpoint_path, code_digest, load_checkpoint,
                     model_key, resolved, trained_baseline, trained_cvae)
 from .classifier import DigitClassifier, classifier_key, trained_classifier
-from .config import CVAEConfig
+from .config import CVAEConfig, check_int
 from .data import MNISTData, load_mnist
 from .files import check_writable, write_atomically
 from .networks import BaselineNet
@@ -203,9 +204,8 @@ def train_models(models: list[BookModel], data: MNISTData | None = None, *,
     if workers is not None and scheduler:
         raise ValueError("give workers (a cluster on this machine) or scheduler (an existing "
                          "cluster), not both")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if workers is not None:
+        check_int("workers", workers, 1)
     directory = cache_dir(cache)
     check_writable(directory, "model cache")
     models = [_with_path(m, directory) for m in models]
@@ -229,13 +229,10 @@ def train_models(models: list[BookModel], data: MNISTData | None = None, *,
 
 
 def _with_path(model: BookModel, directory: Path) -> BookModel:
-    """The model with a config resolved for this machine and its file in ``directory``."""
-    device = None  # the client's default device decides "auto", as a chapter here would
-    key = dict(model.key)
-    config = resolved(model.config, device)
-    path = checkpoint_path(key, directory)
-    return BookModel(model.label, model.kind, config, model.budget, model.num_quadrants, key,
-                     path, model.max_epochs, set(model.groups))
+    """The model with its config resolved for this machine (the client's default device decides
+    "auto", as a chapter here would) and its file in ``directory``."""
+    return dataclasses.replace(model, config=resolved(model.config),
+                               path=checkpoint_path(model.key, directory))
 
 
 def _status(done: int, running: int, total: int, seconds: list[float], parallel: int) -> str:
