@@ -3,6 +3,9 @@
 =========================  ===================================================================
 ``CVAE_BUDGET``            the run length: smoke, quick or paper (default paper); `budget_name`,
                            validated by `cvae_utils.config.get_budget`
+``CVAE_SEEDS``             the number of training seeds per model of a table (default: the
+                           budget's, 3 at paper); `seeds`, validated by
+                           `cvae_utils.seeds.training_seeds`
 ``CVAE_VARIANTS_BUDGET``   the run length of the chapter "Variants of the model" (default: the
                            book's, capped at quick); `variants_budget_name`, validated by
                            `cvae_utils.variants.variants_budget`
@@ -27,11 +30,13 @@ import os
 from pathlib import Path
 
 __all__ = ["BUDGET_ENV", "VARIANTS_BUDGET_ENV", "PRECISION_ENV", "DATA_DIR_ENV", "CACHE_DIR_ENV",
-           "NODE_MODULES_ENV", "SCHEDULER_ENV", "DEFAULT_BUDGET", "budget_name", "variants_budget_name",
-           "precision_override", "data_dir", "cache_dir", "node_modules_dir", "scheduler"]
+           "NODE_MODULES_ENV", "SCHEDULER_ENV", "SEEDS_ENV", "DEFAULT_BUDGET", "budget_name",
+           "variants_budget_name", "seeds", "precision_override", "data_dir", "cache_dir",
+           "node_modules_dir", "scheduler"]
 
 BUDGET_ENV = "CVAE_BUDGET"
 VARIANTS_BUDGET_ENV = "CVAE_VARIANTS_BUDGET"
+SEEDS_ENV = "CVAE_SEEDS"
 PRECISION_ENV = "CVAE_PRECISION"  # fp32, bf16, or auto (the default): what "auto" stands for
 DATA_DIR_ENV = "CVAE_DATA_DIR"
 CACHE_DIR_ENV = "CVAE_CACHE_DIR"
@@ -44,6 +49,12 @@ def budget_name() -> str:
     """``CVAE_BUDGET`` as it is set (an empty value too), else `DEFAULT_BUDGET`; the name is
     checked by `cvae_utils.config.parse_budget`, one rule for every source of a budget."""
     return os.environ.get(BUDGET_ENV, DEFAULT_BUDGET)
+
+
+def seeds() -> str | None:
+    """``CVAE_SEEDS`` as it is set (checked by `cvae_utils.seeds.training_seeds`), or None when
+    it is unset or empty (the budget's own count)."""
+    return os.environ.get(SEEDS_ENV, "").strip() or None
 
 
 def variants_budget_name() -> str:
