@@ -1,4 +1,5 @@
-"""Command line: ``python -m cvae_utils train`` fills the model cache before a build.
+"""Command line: ``python -m cvae_utils train`` fills the model cache before a build;
+``python -m cvae_utils select`` runs the recipe's selection on the validation split.
 
 ``--quadrants 1 2 3`` trains the baseline and the CVAE of each quadrant count (the default);
 ``--book`` trains every model the book needs at the budget (its baselines and CVAEs, the digit
@@ -7,6 +8,10 @@ classifier, the variants' models at the variants' budget). Where they train is o
 processes on this machine, ``--scheduler ADDRESS`` (or ``CVAE_SCHEDULER``) on an existing Dask
 cluster. A line per finished epoch (in this process) and per finished model is printed. A known
 error (a bad budget, an unusable cache, an unreachable scheduler) is one line and exit status 1.
+
+``select`` (`cvae_utils.selection`) trains the recipe and each decision undone, at several
+training seeds, scores them on the validation images and writes ``selection.csv`` and
+``selection.md`` to ``--out``; it trains where ``train`` does (``--workers``, ``--scheduler``).
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ from .config import BUDGETS, book_config, get_budget, tutorial_config
 from .data import MNISTDataError, data_root, load_mnist
 from .files import WriteError
 from .progress import show_on, stop_showing
+from .selection import (DECISIONS, check_decisions, format_selection, selection_table,
+                        write_selection)
 from .speed import explain_precision
 from .train import default_device
 from .variants import variants_budget
@@ -55,7 +62,41 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--retrain", action="store_true", help="ignore and overwrite the cache")
     train.add_argument("--tutorial", action="store_true",
                        help="the Pyro tutorial's configuration instead of the book's")
+    select = commands.add_parser("select", help="score each decision of the recipe on the "
+                                                 "validation split (leave-one-out)")
+    select.add_argument("--budget", choices=list(BUDGETS), default=None,
+                        help="run length (default: $CVAE_BUDGET, else paper)")
+    select.add_argument("--seeds", type=int, default=2, metavar="N",
+                        help="training seeds per model, at least 2 (default 2)")
+    select.add_argument("--quadrants", type=int, nargs="+", default=[1], choices=[1, 2, 3],
+                        metavar="K", help="quadrant counts for the CVAE's decisions (default 1; "
+                                          "the baseline's are scored at 1 2 3)")
+    select.add_argument("--decision", action="append", default=None, metavar="NAME",
+                        help="only this decision (repeatable; default all): "
+                             + "; ".join(d.name for d in DECISIONS))
+    select.add_argument("--out", default=".", help="folder for selection.csv and selection.md")
+    select.add_argument("--data-dir", default=None, help="MNIST root (default: $CVAE_DATA_DIR)")
+    select.add_argument("--cache-dir", default=None, help="model cache (default: $CVAE_CACHE_DIR)")
+    select.add_argument("--device", default=None,
+                        help="torch device in this process (default: cuda if present)")
+    where = select.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="train on a Dask LocalCluster of N single-thread processes here")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="train on the Dask cluster of this scheduler (default: "
+                            "$CVAE_SCHEDULER)")
     return parser
+
+
+def _select(args, budget, device, scheduler) -> int:
+    frame = selection_table(args.decision, args.seeds, args.quadrants, budget,
+                            load_mnist(args.data_dir), cache=args.cache_dir, workers=args.workers,
+                            scheduler=scheduler, device=device,
+                            log=lambda line: print(line, flush=True))
+    for path in write_selection(frame, args.out):
+        print(f"wrote {path}", flush=True)
+    print(format_selection(frame), flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +110,27 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as error:  # a bad CVAE_BUDGET, or --device cpux
         parser.error(str(error))
     scheduler = args.scheduler or (None if args.workers else settings.scheduler())
+    if args.command == "select":
+        try:
+            check_decisions(args.decision)
+            if args.seeds < 2:
+                raise ValueError(f"--seeds must be 2 or more, got {args.seeds}")
+        except ValueError as error:
+            parser.error(str(error))
+        try:
+            listener = show_on(sys.stderr)
+            try:
+                return _select(args, budget, device, scheduler)
+            finally:
+                stop_showing(listener)
+        except (ClusterError, CheckpointError, MNISTDataError, WriteError, OSError,
+                ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted: the models and scores finished so far are in the cache; run "
+                  "the same command again to go on", file=sys.stderr)
+            return 130
     config = tutorial_config() if args.tutorial else book_config()
     try:
         print(f"budget {budget.name}: {budget.num_train} training / {budget.num_val} "

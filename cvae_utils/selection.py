@@ -24,15 +24,36 @@ table as CSV and Markdown; `DECISIONS.md` quotes that output.
 """
 from __future__ import annotations
 
-import dataclasses
+import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
 
 from .book_models import BookModel
-from .cache import checkpoint_path, model_key
+from .cache import (cache_dir, checkpoint_path, code_digest, key_digest, model_key,
+                    trained_baseline, trained_cvae)
+from .cluster import train_models
 from .config import Budget, CVAEConfig, book_config, get_budget
-from .seeds import seeded
+from .data import MNISTData, load_mnist, make_quadrant_data
+from .evaluate import DEFAULT_NUM_SAMPLES, baseline_ncll, cvae_importance_sampling
+from .files import write_atomically
+from .seeds import NOISE_FACTOR, seeded, summarize, training_seeds, verdict
 
-__all__ = ["Decision", "DECISIONS", "selection_models"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Decision", "DECISIONS", "RULES", "check_decisions", "selection_models",
+           "validation_scores", "selection_table", "format_selection", "write_selection"]
+
+# how a decision whose effect is within noise is settled, by the decision's kind
+RULES = {
+    "quality": "an added device: kept only if it helps beyond noise (else the simpler recipe)",
+    "model": "the paper's model or an exact form: kept unless it hurts beyond noise",
+    "speed": "taken for speed: kept unless it hurts beyond noise",
+}
 
 
 @dataclass(frozen=True)
@@ -42,7 +63,7 @@ class Decision:
     name: str          # short label, e.g. "KL warm-up"
     model: str         # "cvae" or "baseline": whose config it changes, and who is scored
     undo: dict         # the changes that undo it (for a CVAE decision, the CVAE's fields)
-    kind: str = "quality"  # "quality", or "speed": taken for speed, kept unless it costs
+    kind: str = "quality"  # a key of `RULES`: how a result within noise is settled
 
     def config(self, recipe: CVAEConfig) -> CVAEConfig:
         """The recipe with this decision undone."""
@@ -53,11 +74,11 @@ class Decision:
 
 # The recipe's decisions, each undone to the tutorial's value (`config.tutorial_config`).
 DECISIONS = (
-    Decision("the decoder reads x and z", "cvae", {"decoder_sees_x": False}),
+    Decision("the decoder reads x and z", "cvae", {"decoder_sees_x": False}, "model"),
     Decision("KL warm-up", "cvae", {"kl_warmup_epochs": 0}),
     Decision("learning-rate decay per epoch", "cvae", {"lr_decay": 1.0}),
     Decision("moving average of the weights", "cvae", {"weight_average": 0.0}),
-    Decision("KL in closed form", "cvae", {"analytic_kl": False}),
+    Decision("KL in closed form", "cvae", {"analytic_kl": False}, "model"),
     Decision("batch 256 and lr 1.5e-3", "cvae", {"batch_size": 128, "lr": 1e-3}, "speed"),
     Decision("patience 6", "cvae", {"patience": 3}),
     Decision("min_delta 0.05", "cvae", {"min_delta": 0.0}, "speed"),
@@ -65,6 +86,18 @@ DECISIONS = (
     Decision("baseline: bf16 products", "baseline", {"precision": "fp32"}, "speed"),
     Decision("CVAE: bf16 products", "cvae", {"precision": "fp32"}, "speed"),
 )
+
+
+def check_decisions(names: Sequence[str] | None) -> tuple[Decision, ...]:
+    """The decisions named (all of `DECISIONS` for None), in `DECISIONS`' order."""
+    if names is None:
+        return DECISIONS
+    known = {d.name: d for d in DECISIONS}
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ValueError(f"unknown decision(s) {unknown or list(names)}; choose among: "
+                         + "; ".join(known))
+    return tuple(d for d in DECISIONS if d.name in names)
 
 
 def selection_models(seeds=(0, 1), ks=(1,), budget: Budget | str | None = None,
@@ -90,3 +123,127 @@ def selection_models(seeds=(0, 1), ks=(1,), budget: Budget | str | None = None,
             for k in (ks if model == "cvae" else (1, 2, 3)):
                 add(f"{name} seed {seed} k={k}", model, seeded(config, seed), k)
     return list(models.values())
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring on the validation split
+# ------------------------------------------------------------------------------------------------
+
+SCORE_CODE = ("evaluate", "selection")  # the modules whose code decides a score
+
+
+def validation_scores(kind: str, config: CVAEConfig, k: int, budget: Budget, data: MNISTData,
+                      num_samples: int = DEFAULT_NUM_SAMPLES, cache=None,
+                      device=None) -> torch.Tensor:
+    """Per-image negative CLL on the validation split of one trained model, cached.
+
+    ``kind`` "cvae": importance sampling with S = ``num_samples`` (noise seed 0, the same noise
+    for every model, so differences are paired by noise too); "baseline": its exact value. The
+    model comes from the cache (`trained_cvae`, `trained_baseline`: trained now if missing). The
+    scores are stored beside the model, keyed by the model's key and the scoring code.
+    """
+    key = {"kind": "selection-score", "model": model_key(kind, config, budget, k, device),
+           "split": "validation", "num_samples": num_samples, "code": code_digest(*SCORE_CODE)}
+    path = cache_dir(cache) / f"score-{kind}-k{k}-{budget.name}-{key_digest(key)[:16]}.pt"
+    if path.exists():
+        stored = torch.load(path, weights_only=True)
+        if stored.get("key") == repr(key):
+            return stored["values"]
+    val = make_quadrant_data(data.subset(budget).val, k)  # the validation images, never test
+    if kind == "cvae":
+        model, _ = trained_cvae(k, config, budget, data, cache=cache, device=device)
+        values = cvae_importance_sampling(model, val, num_samples, seed=0).values
+    else:
+        model, _ = trained_baseline(k, config, budget, data, cache=cache, device=device)
+        values = baseline_ncll(model, val).values
+    del model
+    values = values.double()
+    if not torch.isfinite(values).all():
+        raise ValueError(f"non-finite validation scores for {kind} k={k}; the model is damaged")
+    write_atomically(path, lambda tmp: torch.save({"key": repr(key), "values": values}, tmp))
+    return values
+
+
+def selection_table(decisions: Sequence[str] | None = None, seeds: int | None = 2,
+                    ks: Sequence[int] = (1,), budget: Budget | str | None = None,
+                    data: MNISTData | None = None, *, recipe: CVAEConfig | None = None,
+                    num_samples: int = DEFAULT_NUM_SAMPLES, cache=None, workers=None,
+                    scheduler=None, device=None,
+                    log: Callable[[str], None] = print) -> "pd.DataFrame":
+    """The leave-one-out selection table on the validation split (see the module).
+
+    Trains what is missing (in this process, or on a Dask cluster with ``workers`` or
+    ``scheduler``, as `cvae_utils.cluster.train_models`), scores every model on the validation
+    images, and returns one row per (decision, k): the gain of the decision (the undone recipe's
+    negative CLL minus the recipe's, nats per image: positive means the decision helps), its
+    ``seed_sd``, ``val_se``, ``uncertainty``, the ``effect`` ("helps", "hurts", "within noise")
+    and the ``action`` that the decision's rule (`RULES`) takes.
+    """
+    import pandas as pd
+
+    chosen = check_decisions(decisions)
+    budget = get_budget(budget)
+    seed_list = training_seeds(budget, seeds)
+    if len(seed_list) < 2:
+        raise ValueError("the selection needs at least 2 training seeds to tell a decision's "
+                         "effect from the spread of training runs; pass seeds=2 or more")
+    recipe = recipe or book_config()
+    ks = tuple(ks)
+    models = selection_models(seed_list, ks, budget, recipe, chosen, cache)
+    data = data if data is not None else load_mnist()
+    trained = train_models(models, data, workers=workers, scheduler=scheduler, cache=cache,
+                           device=device, log=log)
+    log(f"selection: {trained} models trained, {len(models)} in all; scoring on the "
+        f"{budget.num_val:,} validation images")
+
+    def scores(kind, config, k):
+        return torch.stack([validation_scores(kind, seeded(config, s), k, budget, data,
+                                              num_samples, cache, device) for s in seed_list])
+
+    rows = []
+    for decision in chosen:
+        for k in (ks if decision.model == "cvae" else (1, 2, 3)):
+            undone = scores(decision.model, decision.config(recipe), k)
+            kept = scores(decision.model, recipe, k)
+            gain = summarize(undone - kept)  # > 0: the recipe is lower, the decision helps
+            effect = {"higher": "helps", "lower": "hurts"}.get(verdict(gain), "within noise")
+            keep = (effect == "helps" if decision.kind == "quality" else effect != "hurts")
+            rows.append({"decision": decision.name, "kind": decision.kind, "k": k,
+                         "recipe": kept.mean().item(), "undone": undone.mean().item(),
+                         "gain": gain.mean, "seed_sd": gain.seed_sd, "val_se": gain.test_se,
+                         "uncertainty": gain.uncertainty, "effect": effect,
+                         "action": "keep" if keep else "undo"})
+            log(f"{decision.name} k={k}: gain {gain.mean:+.3f} ± {gain.uncertainty:.3f} "
+                f"({effect}; {rows[-1]['action']})")
+    frame = pd.DataFrame(rows)
+    frame.attrs.update({"budget": budget.name, "seeds": list(seed_list), "split": "validation",
+                        "num_images": budget.num_val, "num_samples": num_samples,
+                        "noise_factor": NOISE_FACTOR})
+    return frame
+
+
+def format_selection(frame: "pd.DataFrame") -> str:
+    """The selection table as Markdown, with a line saying how it was made."""
+    lines = [f"Validation split ({frame.attrs['num_images']:,} images), budget "
+             f"`{frame.attrs['budget']}`, training seeds {frame.attrs['seeds']}, CVAE scored by "
+             f"importance sampling (S = {frame.attrs['num_samples']}), the baseline exactly. Gain: "
+             f"negative CLL with the decision undone minus the recipe's (nats per image; > 0: "
+             f"the decision helps); an effect counts beyond {frame.attrs['noise_factor']:g} "
+             f"uncertainties.", "",
+             "| decision | k | gain | seed sd | val. se | uncertainty | effect | rule | action |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in frame.itertuples():
+        lines.append(f"| {row.decision} | {row.k} | {row.gain:+.3f} | {row.seed_sd:.3f} | "
+                     f"{row.val_se:.3f} | {row.uncertainty:.3f} | {row.effect} | {row.kind} | "
+                     f"{row.action} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_selection(frame: "pd.DataFrame", out: str | os.PathLike) -> list[Path]:
+    """Write the table as ``selection.csv`` and ``selection.md`` in ``out`` (atomically)."""
+    out = Path(out)
+    csv_path, md_path = out / "selection.csv", out / "selection.md"
+    write_atomically(csv_path, lambda tmp: frame.to_csv(tmp, index=False))
+    write_atomically(md_path, lambda tmp: tmp.write_text(format_selection(frame),
+                                                         encoding="utf-8"))
+    return [csv_path, md_path]
