@@ -22,7 +22,8 @@ negative CLL of image i under the model of seed s). `summarize` reduces it to
 
 A difference between two rows is summarised the same way from the per-seed, per-image
 differences (`summarize` of ``a - b``): paired by seed and by image, it is far more precise than
-the two rows' uncertainties combined. `verdict` turns it into words.
+the two rows' uncertainties combined. `verdict` turns it into words. Chapter "Evaluation"
+explains both uncertainties and shows them for every row of the table.
 """
 from __future__ import annotations
 

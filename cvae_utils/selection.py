@@ -20,7 +20,8 @@ uncertainty; where the gain is within noise, the simpler configuration, the tuto
 preferred unless the decision is a speed decision with no measured cost.
 
 ``python -m cvae_utils select`` runs it (in this process or on a Dask cluster) and writes the
-table as CSV and Markdown; `DECISIONS.md` quotes that output.
+table as CSV and Markdown; `DECISIONS.md` quotes that output, and chapter "Evaluation" says
+how the recipe was chosen.
 """
 from __future__ import annotations
 
