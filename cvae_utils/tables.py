@@ -544,13 +544,14 @@ def format_table(frame: "pd.DataFrame", digits: int = 1, published: bool = False
     By default one column per quadrant count, "71.2 ± 0.4": the mean ± its uncertainty over
     training seeds and test images, or, with one seed, where that is unknown, ± the standard
     error over test images (`error_bar`). ``attrs["error"]`` of the result says which
-    (`error_name`), for a caption. With ``full=True`` the columns are (inputs, statistic), the
-    four statistics named apart by `STATISTIC_LABELS` ("—" where one is undefined, such as the
-    spread of a single seed).
+    (`error_name`), for a caption. With ``full=True`` the table is tidy: one line per row and
+    quadrant count (index: the row's label, then "inputs"), one column per statistic, the four
+    named apart by `STATISTIC_LABELS` ("—" where one is undefined, such as the spread of a
+    single seed).
 
     With ``published=True`` the rows get a first index level, "source": this book's rows first
-    ("this book"), then the published numbers of `PUBLISHED` for the same columns ("—" where a
-    source has none, and in every column but the mean).
+    ("this book"), then the published numbers of `PUBLISHED` for the same quadrant counts ("—"
+    where a source has none, and, in the full table, for every statistic but the mean).
     """
     import pandas as pd
 
@@ -565,19 +566,22 @@ def format_table(frame: "pd.DataFrame", digits: int = 1, published: bool = False
         mean, error = float(frame.loc[row, (label, "mean")]), error_bar(frame, row, label)
         return number(mean) if math.isnan(error) else f"{mean:.{digits}f} ± {error:.{digits}f}"
 
+    columns = pd.Index([STATISTIC_LABELS[statistic] for statistic in STATISTICS],
+                       name="statistic")
     if full:
-        columns = pd.MultiIndex.from_product([inputs, [STATISTIC_LABELS[s] for s in STATISTICS]],
-                                             names=["inputs", "statistic"])
-        strings = pd.DataFrame([[number(float(frame.loc[row, (label, statistic)]))
-                                 for label in inputs for statistic in STATISTICS]
-                                for row in frame.index], index=index, columns=columns)
+        strings = pd.DataFrame(
+            [[number(float(frame.loc[row, (label, statistic)])) for statistic in STATISTICS]
+             for row in frame.index for label in inputs],
+            index=pd.MultiIndex.from_tuples([(name, label) for name in index for label in inputs],
+                                            names=[index.name, "inputs"]), columns=columns)
     else:
         strings = pd.DataFrame({label: [cell(row, label) for row in frame.index]
                                 for label in inputs}, index=index)
     if published:
         name = frame.index.name or "method"
-        strings.index = pd.MultiIndex.from_tuples([("this book", row) for row in strings.index],
-                                                  names=["source", name])
+        strings.index = pd.MultiIndex.from_tuples(
+            [("this book", *(row if full else (row,))) for row in strings.index],
+            names=["source", name] + (["inputs"] if full else []))
         theirs = published_table()
         theirs.index = pd.MultiIndex.from_tuples(
             [(source, label) for (source, _), label in zip(theirs.index, theirs["label"])],
@@ -586,8 +590,11 @@ def format_table(frame: "pd.DataFrame", digits: int = 1, published: bool = False
         if full:
             theirs = pd.DataFrame(
                 [[theirs.loc[row, label] if statistic == "mean" else "—"
-                  for label in inputs for statistic in STATISTICS] for row in theirs.index],
-                index=theirs.index, columns=strings.columns)
+                  for statistic in STATISTICS] for row in theirs.index for label in inputs],
+                index=pd.MultiIndex.from_tuples([(*row, label) for row in theirs.index
+                                                 for label in inputs],
+                                                names=strings.index.names),
+                columns=columns)
         strings = pd.concat([strings, theirs])
     strings.attrs["error"] = error_name(frame)
     return strings

@@ -542,16 +542,20 @@ def test_format_table_shows_labels_beside_the_published_numbers(cached_table):
     assert strings.loc["CVAE IS (S=4)", "1 quadrant"] == f"{mean:.1f} ± {test_se:.1f}"
     assert "test images alone" in strings.attrs["error"] and "one training seed" in \
         strings.attrs["error"]
+    # the full table is tidy: a line per row and setting, a column per statistic, named
     full = format_table(table, full=True, digits=2)
-    assert list(full.columns.get_level_values("statistic"))[:4] == [
-        "mean", "spread over seeds", "test standard error", "uncertainty"]
-    assert full.loc["CVAE IS (S=4)", ("1 quadrant", "test standard error")] == f"{test_se:.2f}"
-    assert full.loc["CVAE IS (S=4)", ("1 quadrant", "spread over seeds")] == "—"  # one seed
+    assert list(full.columns) == ["mean", "spread over seeds", "test standard error",
+                                  "uncertainty"]
+    assert list(full.index.names) == ["method", "inputs"] and len(full) == 5 * 2
+    assert full.loc[("CVAE IS (S=4)", "1 quadrant"), "test standard error"] == f"{test_se:.2f}"
+    assert full.loc[("CVAE IS (S=4)", "1 quadrant"), "mean"] == f"{mean:.2f}"
+    assert full.loc[("CVAE IS (S=4)", "1 quadrant"), "spread over seeds"] == "—"  # one seed
     full_published = format_table(table, full=True, published=True)
-    assert full_published.loc[("Pyro tutorial", "NN baseline"), ("3 quadrants", "mean")] == \
-        "25.4"
-    assert full_published.loc[("Pyro tutorial", "NN baseline"),
-                              ("3 quadrants", "uncertainty")] == "—"
+    assert full_published.loc[("Pyro tutorial", "NN baseline", "3 quadrants"), "mean"] == "25.4"
+    assert full_published.loc[("Pyro tutorial", "NN baseline", "3 quadrants"),
+                              "uncertainty"] == "—"
+    assert full_published.loc[("this book", "CVAE IS (S=4)", "1 quadrant"), "mean"] == \
+        f"{mean:.1f}"
     with_published = format_table(table, published=True)
     assert with_published.loc[("Pyro tutorial", "NN baseline"), "3 quadrants"] == "25.4"
     assert with_published.loc[("TorchZQ", "CVAE IS (S=100)"), "3 quadrants"] == "—"
