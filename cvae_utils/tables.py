@@ -256,11 +256,11 @@ def _long_csv(frame: "pd.DataFrame", ks: Sequence[int]) -> str:
     for row in frame.index:
         for k in ks:
             label = quadrant_label(k)
-            numbers_ = [float(frame.loc[row, (label, statistic)]) for statistic in STATISTICS]
+            stats = [float(frame.loc[row, (label, statistic)]) for statistic in STATISTICS]
             output_pixels = NUM_PIXELS // 4 * (4 - k)                   # 196 per output quadrant
             writer.writerow([row, frame.attrs["labels"][row], frame.attrs["estimators"][row], k,
-                             label, frame.attrs["num_seeds"], *map(repr, numbers_),
-                             repr(numbers_[0] / output_pixels)])
+                             label, frame.attrs["num_seeds"], *map(repr, stats),
+                             repr(stats[0] / output_pixels)])
     return buffer.getvalue()
 
 
