@@ -3,8 +3,9 @@
 
 ``--quadrants 1 2 3`` trains the baseline and the CVAE of each quadrant count (the default);
 ``--book`` trains every model the book needs at the budget (its baselines and CVAEs, the digit
-classifier, the variants' models at the variants' budget). Where they train is one switch
-(`cvae_utils.cluster`): in this process by default, ``--workers N`` on a Dask cluster of N
+classifier, the variants' models at the variants' budget). Either trains every training seed
+of the tables (`cvae_utils.seeds.training_seeds`: ``CVAE_SEEDS``, else 3 at ``paper``). Where
+they train is one switch (`cvae_utils.cluster`): in this process by default, ``--workers N`` on a Dask cluster of N
 processes on this machine, ``--scheduler ADDRESS`` (or ``CVAE_SCHEDULER``) on an existing Dask
 cluster. A line per finished epoch (in this process) and per finished model is printed. A known
 error (a bad budget, an unusable cache, an unreachable scheduler) is one line and exit status 1.
@@ -30,6 +31,7 @@ from .files import WriteError
 from .progress import show_on, stop_showing
 from .selection import (DECISIONS, check_decisions, format_selection, selection_table,
                         write_selection)
+from .seeds import seeds_origin, training_seeds
 from .speed import explain_precision
 from .train import default_device
 from .variants import variants_budget
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         print(f"precision of the training: {explain_precision(config.precision, device)}",
               flush=True)
+        print(f"training seeds: {len(training_seeds(budget))} per model of the tables "
+              f"({seeds_origin(budget)})", flush=True)
         models = book_models(budget, variants_budget(book=budget), config, args.cache_dir)
         if not args.book:
             quadrants = set(args.quadrants or (1, 2, 3))

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from .config import check_int
 from .data import IMAGE_SIDE
 from .figures import BOUNDARY_COLOR, image_cmap, new_figure
+from .tables import error_bar
 
 if TYPE_CHECKING:  # the results these figures draw
     from .complete import Completion
@@ -39,14 +40,16 @@ ESTIMATOR_STYLE = {  # row key of the CLL table: (label, colour, marker)
 
 
 def plot_cll_comparison(table, published=None) -> Figure:
-    """The negative CLL of each estimator with its standard error, beside published numbers.
+    """The negative CLL of each estimator with its uncertainty, beside published numbers.
 
     ``table``: the DataFrame of `cvae_utils.tables.cll_table` (rows by key: "baseline",
     "neg_elbo", "mc_prior", "importance", and "gap", which is not drawn; columns (inputs,
-    statistic) with statistic "mean" and "stderr"). ``published``: optionally that of
-    `cvae_utils.published.published_table`, each row placed at the estimator its "estimator"
-    column names. One axes per quadrant count; filled markers with 2-standard-error bars are this
-    book's numbers, hollow markers the published ones. Rows are picked by key, never by label.
+    statistic) with statistics "mean", "seed_sd", "test_se" and "uncertainty").
+    ``published``: optionally that of `cvae_utils.published.published_table`, each row placed at
+    the estimator its "estimator" column names. One axes per quadrant count; filled markers are
+    this book's numbers with bars of two uncertainties (`cvae_utils.tables.error_bar`: over
+    seeds and test images, or over test images alone with one seed), hollow markers the
+    published ones. Rows are picked by key, never by label.
     """
     inputs = list(dict.fromkeys(table.columns.get_level_values("inputs")))
     keys = [key for key in ESTIMATOR_STYLE if key in table.index]
@@ -59,8 +62,8 @@ def plot_cll_comparison(table, published=None) -> Figure:
         for position, key in enumerate(keys):
             _, colour, marker = ESTIMATOR_STYLE[key]
             mean = float(table.loc[key, (label, "mean")])
-            stderr = float(table.loc[key, (label, "stderr")])
-            ax.errorbar([position], [mean], yerr=[2 * stderr if np.isfinite(stderr) else 0],
+            error = error_bar(table, key, label)
+            ax.errorbar([position], [mean], yerr=[2 * error if np.isfinite(error) else 0],
                         fmt=marker, color=colour, ms=7, capsize=4, lw=1.5,
                         label="this book" if position == 0 else None)
             for s, source in enumerate(sources):
@@ -78,7 +81,7 @@ def plot_cll_comparison(table, published=None) -> Figure:
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel(r"$-\log p(y\mid x)$, nats per image")
     handles = [matplotlib.lines.Line2D([], [], ls="none", marker="o", color="#444444", ms=7,
-                                       label="this book (± 2 s.e.)")]
+                                       label="this book (± 2 uncertainties)")]
     handles += [matplotlib.lines.Line2D([], [], ls="none", marker=hollow[s % len(hollow)],
                                         mfc="none", mec="black", ms=7, label=source)
                 for s, source in enumerate(sources)]
@@ -121,7 +124,8 @@ def plot_variants(table) -> Figure:
 
     ``table``: the DataFrame of `cvae_utils.variants.variants_table` (rows by key, "baseline"
     first; labels and estimators in ``attrs``). Markers are means with error bars of two
-    standard errors over test images; the row keyed "baseline" is grey (and a dashed line across
+    uncertainties (`cvae_utils.tables.error_bar`: over seeds and test images, or over test
+    images alone with one seed); the row keyed "baseline" is grey (and a dashed line across
     the panel), rows estimated by Monte Carlo from the prior are hollow. The tick labels are the
     rows' labels.
     """
@@ -135,10 +139,10 @@ def plot_variants(table) -> Figure:
     for ax, label in zip(axes, inputs):
         for y, key in zip(positions, keys):
             mean = float(table.loc[key, (label, "mean")])
-            stderr = float(table.loc[key, (label, "stderr")])
+            error = error_bar(table, key, label)
             colour = "#7f7f7f" if key == "baseline" else "#1b9e77"
             hollow = estimators.get(key, "importance") == "mc_prior"
-            ax.errorbar([mean], [y], xerr=[2 * stderr if np.isfinite(stderr) else 0],
+            ax.errorbar([mean], [y], xerr=[2 * error if np.isfinite(error) else 0],
                         fmt="s" if key == "baseline" else "o", color=colour, capsize=3, ms=6,
                         mfc="white" if hollow else colour, lw=1.4)
             if key == "baseline":
@@ -150,9 +154,9 @@ def plot_variants(table) -> Figure:
     axes[0].set_yticks(positions)
     axes[0].set_yticklabels([labels.get(key, key) for key in keys], fontsize=8)
     handles = [matplotlib.lines.Line2D([], [], ls="none", marker="o", color="#1b9e77",
-                                       label="importance sampling (± 2 s.e.)"),
+                                       label="importance sampling (± 2 unc.)"),
                matplotlib.lines.Line2D([], [], ls="none", marker="o", color="#1b9e77",
-                                       mfc="white", label="MC from the prior (± 2 s.e.)"),
+                                       mfc="white", label="MC from the prior (± 2 unc.)"),
                matplotlib.lines.Line2D([], [], ls="--", marker="s", color="#7f7f7f",
                                        label="baseline (exact)")]
     fig.legend(handles=handles, fontsize=8, frameon=False, loc="outside lower center",

@@ -7,6 +7,10 @@ count is part of the protocol: `SEEDS_PER_BUDGET` gives each budget's, and ``CVA
 (`training_seeds`) overrides it, checked like the budget. Seed s sets the ``seed`` fields of a
 config (`seeded`), so each model has its own key in the model cache.
 
+A table asks for its seeds as `resolve_seeds` reads them: None (the run's, `training_seeds`), a
+count n (seeds 0 to n-1) or the seeds themselves (``(1,)``: the models of seed 1 alone).
+`seeds_origin` says where the run's count came from, for the build's plan.
+
 A table cell is then a grid of numbers: one value per training seed and per test image (the
 negative CLL of image i under the model of seed s). `summarize` reduces it to
 
@@ -22,12 +26,15 @@ negative CLL of image i under the model of seed s). `summarize` reduces it to
 
 A difference between two rows is summarised the same way from the per-seed, per-image
 differences (`summarize` of ``a - b``): paired by seed and by image, it is far more precise than
-the two rows' uncertainties combined. `verdict` turns it into words. Chapter "Evaluation"
-explains both uncertainties and shows them for every row of the table.
+the two rows' uncertainties combined. `verdict` turns it into words.
+
+Chapter "Evaluation" explains both uncertainties and their combination on the CLL table; chapter
+"Variants of the model" reads its comparisons through `verdict`.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -35,8 +42,8 @@ import torch
 from . import settings
 from .config import Budget, CVAEConfig, check_int, get_budget
 
-__all__ = ["SEEDS_PER_BUDGET", "MAX_SEEDS", "training_seeds", "seeded", "Summary", "summarize",
-           "verdict", "NOISE_FACTOR"]
+__all__ = ["SEEDS_PER_BUDGET", "MAX_SEEDS", "training_seeds", "resolve_seeds", "seeds_origin",
+           "seeded", "Summary", "summarize", "verdict", "NOISE_FACTOR"]
 
 SEEDS_PER_BUDGET = {"smoke": 1, "quick": 1, "paper": 3}
 MAX_SEEDS = 20
@@ -65,6 +72,36 @@ def training_seeds(budget: Budget | str | None = None, count: int | str | None =
     count = check_int(f"the number of training seeds from the {source}", count, 1, MAX_SEEDS,
                       hint=hint)
     return tuple(range(count))
+
+
+def resolve_seeds(seeds=None, budget: Budget | str | None = None) -> tuple[int, ...]:
+    """The training seeds a table asks for, as a tuple.
+
+    ``seeds`` is None (the run's: `training_seeds` of ``budget``, so ``CVAE_SEEDS`` or the
+    budget's count), a count n (seeds 0, 1, ..., n-1, checked as `training_seeds` checks it) or
+    a sequence of seeds (distinct ints >= 0, kept in their order: ``(1,)`` is the models of seed
+    1 alone). Anything else is a ValueError that says which forms are accepted.
+    """
+    if seeds is None or isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        return training_seeds(budget, seeds)
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be None (the run's), a count such as 3, or the seeds "
+                         f"themselves such as (0, 1, 2), got {seeds!r}")
+    chosen = tuple(check_int("a training seed", seed, 0) for seed in seeds)
+    if not chosen or len(set(chosen)) != len(chosen) or len(chosen) > MAX_SEEDS:
+        raise ValueError(f"seeds must list 1 to {MAX_SEEDS} distinct training seeds, got "
+                         f"{tuple(seeds)!r}")
+    return chosen
+
+
+def seeds_origin(budget: Budget | str | None = None) -> str:
+    """Where the run's count of training seeds comes from, in words: the environment variable
+    (``"CVAE_SEEDS=2"``) or the budget (``"the paper budget's count; CVAE_SEEDS overrides
+    it"``)."""
+    value = settings.seeds()
+    if value:
+        return f"{settings.SEEDS_ENV}={value}"
+    return f"the {get_budget(budget).name} budget's count; {settings.SEEDS_ENV} overrides it"
 
 
 def seeded(config: CVAEConfig, seed: int) -> CVAEConfig:

@@ -14,7 +14,7 @@ Every model is trained with several training seeds (the CVAE of seed s on the ba
 s), so a difference is paired twice: by seed and by validation image. `selection_table` reports
 for each decision the mean gain over seeds (ablation minus recipe: positive means the decision
 helps), the standard error over validation images, the spread over seeds, the combined
-uncertainty of the mean gain (`cvae_utils.seeds.combined_uncertainty`), and a verdict by the
+uncertainty of the mean gain (`cvae_utils.seeds.summarize`), and a verdict by the
 rule in `verdict`: a decision is kept because it helps only where the gain exceeds twice its
 uncertainty; where the gain is within noise, the simpler configuration, the tutorial's, is
 preferred unless the decision is a speed decision with no measured cost.

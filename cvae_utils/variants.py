@@ -9,16 +9,17 @@ describes them, `VARIANT_LABELS` names them for tables and figures, `VARIANT_CHA
 fields each changes and `variant_config` builds their configurations.
 
 How much to train them is `variants_budget()`: ``CVAE_VARIANTS_BUDGET`` if set, else the book's
-budget capped at ``quick``. Their table is `variants_table`, built, cached and read with the
-machinery of `cvae_utils.tables`; `variant_estimator` says how each variant is scored and
-`variant_label` names its row. Its figure is `cvae_utils.plot_results.plot_variants`;
-`variant_comparison` reads two of its rows, and `torchzq_ablation` sets the ablation published
-by the TorchZQ implementation (`cvae_utils.published.TORCHZQ_ABLATION`) beside the variant of
-ours each row corresponds to.
+budget capped at ``quick``. How many training seeds is `variants_seeds()`: the book's count (3 at
+``paper``, or ``CVAE_SEEDS``), even where the budget is capped, since the chapter reads its rows
+against one another. Their table is `variants_table`, built, cached and read with the machinery
+of `cvae_utils.tables`; `variant_estimator` says how each variant is scored and `variant_label`
+names its row. Its figure is `cvae_utils.plot_results.plot_variants`; `variant_comparison`
+compares two of its rows, paired by training seed and test image, and `torchzq_ablation` sets
+the ablation published by the TorchZQ implementation (`cvae_utils.published.TORCHZQ_ABLATION`)
+beside the variant of ours each row corresponds to.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import TYPE_CHECKING, Sequence
@@ -31,17 +32,18 @@ from .evaluate import (DEFAULT_NUM_SAMPLES, baseline_ncll, check_num_samples,
                        cvae_importance_sampling, cvae_mc_prior)
 from .progress import item_done
 from .published import TORCHZQ_ABLATION
-from .tables import (TABLE_CODE, Scores, check_quadrant_counts, load_table, make_table, say,
-                     store_table, table_key, table_paths)
+from .seeds import resolve_seeds, seeded, training_seeds
+from .tables import (TABLE_CODE, Scores, check_quadrant_counts, compare_rows, load_table,
+                     make_table, say, seed_note, store_table, table_key, table_paths)
 from .train import pick_device
 
 if TYPE_CHECKING:  # imported where used: pandas is slow to import
     import pandas as pd
 
 __all__ = ["VARIANTS", "VARIANT_LABELS", "VARIANT_CHANGES", "check_variant", "variant_config",
-           "variants_overview", "variants_budget", "VARIANTS_BUDGET_CAP", "VARIANT_ESTIMATORS",
-           "VARIANTS_TABLE_CODE", "variant_estimator", "variant_label", "variants_table_key",
-           "variants_table", "variant_comparison", "torchzq_ablation"]
+           "variants_overview", "variants_budget", "variants_seeds", "VARIANTS_BUDGET_CAP",
+           "VARIANT_ESTIMATORS", "VARIANTS_TABLE_CODE", "variant_estimator", "variant_label",
+           "variants_table_key", "variants_table", "variant_comparison", "torchzq_ablation"]
 
 # what each variant changes, in the book's words (keys are stable: files and tests use them)
 VARIANTS: dict[str, str] = {
@@ -153,6 +155,18 @@ def variants_budget(name: str | Budget | None = None, *, book: str | Budget | No
     return book
 
 
+def variants_seeds(count: int | str | None = None, *, book: str | Budget | None = None
+                   ) -> tuple[int, ...]:
+    """The training seeds of the variants chapter: those of the book's budget (``book``, else
+    ``CVAE_BUDGET``), `cvae_utils.seeds.training_seeds`, whatever the variants' own budget.
+
+    The chapter compares its rows with one another, so a paper build gives every variant the
+    paper protocol's seeds (3), although `variants_budget` trains them at ``quick``.
+    ``CVAE_SEEDS`` (or ``count``) overrides the count, as for every table.
+    """
+    return training_seeds(get_budget(book), count)
+
+
 # ------------------------------------------------------------------------------------------------
 # Scoring and labels: the variants table
 # ------------------------------------------------------------------------------------------------
@@ -174,42 +188,51 @@ def variant_label(key: str, estimator: str = "importance",
 
 
 def variants_table_key(keys: Sequence[str], ks: Sequence[int], base: CVAEConfig, budget: Budget,
-                       *, num_samples: int = DEFAULT_NUM_SAMPLES, estimator: str = "importance",
-                       seed: int = 0, device=None) -> dict:
-    """The key of `variants_table` for these settings (its file: ``table_paths(key)``)."""
+                       *, seeds=None, num_samples: int = DEFAULT_NUM_SAMPLES,
+                       estimator: str = "importance", seed: int = 0, device=None) -> dict:
+    """The key of `variants_table` for these settings (its file: ``table_paths(key)``);
+    ``seeds`` as `variants_table` takes them (None: `variants_seeds()`)."""
+    seeds = variants_seeds() if seeds is None else resolve_seeds(seeds, budget)
     configs = {name: variant_config(name, base) for name in keys}
     estimators = {"baseline": "exact",
                   **{name: variant_estimator(configs[name], estimator) for name in keys}}
-    models = {"baseline": {str(k): model_key("baseline", base, budget, k, device) for k in ks},
-              **{name: {str(k): model_key("cvae", configs[name], budget, k, device) for k in ks}
+    models = {"baseline": {str(k): {str(s): model_key("baseline", seeded(base, s), budget, k,
+                                                      device) for s in seeds} for k in ks},
+              **{name: {str(k): {str(s): model_key("cvae", seeded(configs[name], s), budget, k,
+                                                   device) for s in seeds} for k in ks}
                  for name in keys}}
     return table_key("variants-table", models, budget, list(ks), VARIANTS_TABLE_CODE,
-                     rows=["baseline", *keys], estimators=estimators, num_samples=num_samples,
-                     seed=seed)
+                     rows=["baseline", *keys], estimators=estimators, seeds=list(seeds),
+                     num_samples=num_samples, seed=seed)
 
 
 def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequence[int] = (1, 2, 3),
                    budget: Budget | str | None = None, data: MNISTData | None = None, *,
-                   base: CVAEConfig | None = None, num_samples: int = DEFAULT_NUM_SAMPLES,
-                   estimator: str = "importance", seed: int = 0, device=None,
+                   base: CVAEConfig | None = None, seeds=None,
+                   num_samples: int = DEFAULT_NUM_SAMPLES, estimator: str = "importance",
+                   seed: int = 0, device=None,
                    progress: bool | None = None, use_cache: bool = True,
                    cache: str | os.PathLike | None = None) -> "pd.DataFrame":
     """The negative CLL of every variant on the test split, beside the baseline; cached.
 
     ``keys``: variants (keys of `VARIANTS`), in the order of the rows. ``budget`` defaults to
-    `variants_budget()`; ``base`` to `CVAEConfig()`, the book's (see `variant_config`). Each
-    variant's CVAE for each k comes from `trained_cvae` (trained now if not cached) and is scored
-    on the first ``budget.num_test`` test images with ``estimator``: "importance"
-    (`cvae_importance_sampling`, the default) or "mc_prior" (`cvae_mc_prior`), S =
-    ``num_samples`` samples per image, noise seeded by ``seed``; the GSNN is always scored from
-    the prior (`variant_estimator`). Returns a pandas DataFrame:
+    `variants_budget()`; ``base`` to `CVAEConfig()`, the book's (see `variant_config`);
+    ``seeds``, the training seeds, to `variants_seeds()` (the book's count; otherwise a count or
+    the seeds themselves, as for `cvae_utils.tables.cll_table`). For each k and each seed s,
+    each variant's CVAE of seed s, on the baseline of seed s, comes from `trained_cvae` (trained
+    now if not cached) and is scored on the first ``budget.num_test`` test images with
+    ``estimator``: "importance" (`cvae_importance_sampling`, the default) or "mc_prior"
+    (`cvae_mc_prior`), S = ``num_samples`` samples per image, noise seeded by ``seed``; the GSNN
+    is always scored from the prior (`variant_estimator`). Returns a pandas DataFrame:
 
     - index "variant": "baseline" (the baseline of `trained_baseline` that every variant reads,
       exact), then ``keys``;
-    - columns (inputs, statistic) as in `cll_table`, in nats per image;
-    - ``attrs``: labels (`variant_label`, e.g. "GSNN [MC prior, S=100]"; "NN baseline [exact]"),
-      estimators ("exact", "importance" or "mc_prior"), budget, num_test, num_samples,
-      estimator, seed, and the csv and json paths.
+    - columns (inputs, statistic) as in `cll_table` (mean, seed_sd, test_se, uncertainty), in
+      nats per image;
+    - ``attrs``: values (per row and k, the (n_seeds, n_images) values that
+      `variant_comparison` pairs), seeds, num_seeds, labels (`variant_label`, e.g. "GSNN [MC
+      prior, S=100]"; "NN baseline [exact]"), estimators ("exact", "importance" or
+      "mc_prior"), budget, num_test, num_samples, estimator, seed, and the csv and json paths.
 
     Cached like `cll_table`, as ``variants-table-<budget>-<hash>``; a bad file is reported and
     the table recomputed from the cached models.
@@ -227,15 +250,16 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
                          f"{', '.join(VARIANT_ESTIMATORS)}")
     base = base if base is not None else CVAEConfig()
     budget = variants_budget(budget)
+    seeds = variants_seeds() if seeds is None else resolve_seeds(seeds, budget)
     device = pick_device(device)
-    key = variants_table_key(keys, ks, base, budget, num_samples=num_samples,
+    key = variants_table_key(keys, ks, base, budget, seeds=seeds, num_samples=num_samples,
                              estimator=estimator, seed=seed, device=device)
     rows, estimators = key["rows"], key["estimators"]  # decided once, by the key
     configs = {name: variant_config(name, base) for name in keys}
     paths = table_paths(key, cache)
     labels = {"baseline": "NN baseline [exact]",
               **{name: variant_label(name, estimator, num_samples, base) for name in keys}}
-    attrs = {"labels": labels, "estimators": estimators, "budget": budget.name,
+    attrs = {"labels": labels, "estimators": estimators, "budget": budget.name, "seeds": seeds,
              "num_samples": num_samples, "estimator": estimator, "seed": seed,
              "csv": str(paths[0]), "json": str(paths[1])}
     if use_cache:
@@ -247,28 +271,35 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
     test_split = data.subset(budget).test
     scores = Scores(rows)
     estimate_fns = {"importance": cvae_importance_sampling, "mc_prior": cvae_mc_prior}
+    done, total = 0, len(ks) * len(seeds) * len(keys)
     for k in ks:
         test = make_quadrant_data(test_split, k)                         # (num_test, 784) each
-        # every variant reads this baseline (none changes a baseline field); the joint variant
-        # fine-tunes a copy of it, which is a feature of its prior, not a prediction
-        baseline, _ = trained_baseline(k, base, budget, data, device=device, progress=progress,
-                                       use_cache=use_cache, cache=cache)
-        scores.record("baseline", k, baseline_ncll(baseline, test))
-        for name in keys:
-            start = time.perf_counter()
-            cvae, _ = trained_cvae(k, configs[name], budget, data, device=device,
-                                   progress=progress, use_cache=use_cache, cache=cache)
-            scores.record(name, k, estimate_fns[estimators[name]](cvae, test, num_samples, seed))
-            say(progress, f"k={k} {labels[name]}: {scores.means[name][str(k)]:.2f} "
-                           f"({time.perf_counter() - start:.1f} s, N={len(test)})")
-            item_done("variants", ks.index(k) * len(keys) + keys.index(name) + 1,
-                      len(ks) * len(keys), f"k={k} {name}: {scores.means[name][str(k)]:.2f}",
-                      time.perf_counter() - start)
-            del cvae
-    frame = make_table(scores.means, scores.stderrs, index_name="variant",
+        for training_seed in seeds:
+            # every variant of this seed reads this baseline (none changes a baseline field);
+            # the joint variant fine-tunes a copy of it, a feature of its prior, not a prediction
+            baseline, _ = trained_baseline(k, seeded(base, training_seed), budget, data,
+                                           device=device, progress=progress,
+                                           use_cache=use_cache, cache=cache)
+            scores.record("baseline", k, baseline_ncll(baseline, test))
+            del baseline
+            for name in keys:
+                start = time.perf_counter()
+                cvae, _ = trained_cvae(k, seeded(configs[name], training_seed), budget, data,
+                                       device=device, progress=progress, use_cache=use_cache,
+                                       cache=cache)
+                scores.record(name, k,
+                              estimate_fns[estimators[name]](cvae, test, num_samples, seed))
+                del cvae                            # one model in memory at a time
+                done += 1
+                where, mean = seed_note(k, training_seed, seeds), scores.last_mean(name, k)
+                say(progress, f"{where} {labels[name]}: {mean:.2f} "
+                              f"({time.perf_counter() - start:.1f} s, N={len(test)})")
+                item_done("variants", done, total, f"{where} {name}: {mean:.2f}",
+                          time.perf_counter() - start)
+    frame = make_table(scores.values(), index_name="variant",
                        **{**attrs, "num_test": len(test_split)})
     if use_cache:
-        store_table(paths, key, scores, frame)
+        store_table(paths, key, frame)
     return frame
 
 
@@ -279,24 +310,16 @@ def variants_table(keys: Sequence[str] = tuple(VARIANTS), num_quadrants: Sequenc
 def variant_comparison(table: "pd.DataFrame", key_a: str, key_b: str) -> dict[str, str]:
     """How row ``key_a`` of a `variants_table` compares with row ``key_b``, per setting.
 
-    Returns {inputs label: "lower", "higher" or "indistinguishable"}: the mean of ``key_a`` is
-    lower (better) or higher than that of ``key_b`` by more than twice the standard error of the
-    difference, taken as sqrt(se_a² + se_b²) (conservative: both rows are scored on the same
-    images, whose difficulty they share, which usually makes the true error of the difference
-    smaller). Rows are picked by key ("baseline" names the baseline), not by label.
+    Returns {inputs label: "lower", "higher" or "within noise"}: `cvae_utils.tables.compare_rows`,
+    the verdict on the difference ``key_a`` - ``key_b`` paired by training seed and test image.
+    The mean of ``key_a`` is lower (better) or higher only where that difference exceeds twice its
+    uncertainty (seeds and images combined; with one seed, its standard error over test images,
+    a verdict on that one training run). Pairing cancels what the rows share, the difficulty of
+    each image and the luck of each seed's shared baseline, so it detects differences that the
+    two rows' own error bars would hide. Rows are picked by key ("baseline" names the baseline),
+    not by label.
     """
-    for key in (key_a, key_b):
-        if key not in table.index:
-            raise ValueError(f"the table has no row {key!r}; its rows are "
-                             f"{', '.join(map(str, table.index))}")
-    words = {}
-    for label in dict.fromkeys(table.columns.get_level_values("inputs")):
-        difference = table.loc[key_a, (label, "mean")] - table.loc[key_b, (label, "mean")]
-        noise = 2 * math.sqrt(table.loc[key_a, (label, "stderr")] ** 2
-                              + table.loc[key_b, (label, "stderr")] ** 2)
-        words[label] = ("indistinguishable" if not abs(difference) > noise  # NaN: no verdict
-                        else "lower" if difference < 0 else "higher")
-    return words
+    return compare_rows(table, key_a, key_b)
 
 
 # ------------------------------------------------------------------------------------------------

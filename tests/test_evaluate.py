@@ -33,7 +33,8 @@ from cvae_utils.evaluate import (
 )
 from cvae_utils.networks import CVAE, BaselineNet
 from cvae_utils.published import PUBLISHED, published_table
-from cvae_utils.tables import CLL_ROWS, cll_labels, cll_table, format_table
+from cvae_utils.seeds import summarize
+from cvae_utils.tables import CLL_ROWS, STATISTICS, cll_labels, cll_table, format_table
 from cvae_utils.variant_models import build_cvae
 
 TINY = CVAEConfig(hidden_1=32, hidden_2=32, z_dim=4)
@@ -342,8 +343,9 @@ def mnist():
         pytest.skip(f"MNIST is not available: {error}")
 
 
-# two of the three quadrant counts keep it quick, and check that only those are columns
-TABLE_ARGS = dict(num_quadrants=(1, 3), config=TINY, budget="smoke", num_samples=4,
+# two of the three quadrant counts keep it quick, and check that only those are columns; one
+# training seed (tests/test_seeds.py has tables of several)
+TABLE_ARGS = dict(num_quadrants=(1, 3), config=TINY, budget="smoke", seeds=1, num_samples=4,
                   elbo_samples=2, device="cpu", progress=False)
 
 
@@ -362,8 +364,10 @@ def forbid(monkeypatch, module, names):
 
 
 def test_cll_table_cells_are_the_estimators_on_the_cached_models(cached_table, mnist):
-    """Every cell is exactly (bit for bit) what the estimator gives when called directly on the
-    same cached models and test images, with the same S and seed."""
+    """Every cell's values are exactly (bit for bit) what the estimator gives when called
+    directly on the same cached models and test images, with the same S and seed, and its
+    statistics their summary: with one training seed, the mean and the standard error over
+    images of `Estimate`, the spread over seeds and the combined uncertainty unknown (NaN)."""
     table, directory = cached_table
     assert list(table.index) == list(CLL_ROWS) == ["baseline", "neg_elbo", "mc_prior",
                                                    "importance", "gap"]
@@ -375,19 +379,28 @@ def test_cll_table_cells_are_the_estimators_on_the_cached_models(cached_table, m
                     "neg_elbo": cvae_neg_elbo(cvae, test, 2, seed=0),
                     "mc_prior": cvae_mc_prior(cvae, test, 4, seed=0),
                     "importance": cvae_importance_sampling(cvae, test, 4, seed=0)}
-        gap = expected["baseline"].values - expected["importance"].values      # (N,)
+        gap = (expected["baseline"].values.double()
+               - expected["importance"].values.double())                       # (N,)
         expected["gap"] = Estimate.from_values("gap", gap, 4, 196 * (4 - k))
         label = quadrant_label(k)
         for row, estimate in expected.items():
-            assert table.loc[row, (label, "mean")] == estimate.mean, (row, k)
-            assert table.loc[row, (label, "stderr")] == estimate.stderr, (row, k)
+            values = table.attrs["values"][row][k]                             # (1, N)
+            assert values.shape == (1, 256) and torch.equal(values[0], estimate.values), (row, k)
+            assert table.loc[row, (label, "mean")] == pytest.approx(estimate.mean, abs=1e-9)
+            assert table.loc[row, (label, "test_se")] == pytest.approx(estimate.stderr,
+                                                                       rel=1e-12), (row, k)
+            assert math.isnan(table.loc[row, (label, "seed_sd")])
+            assert math.isnan(table.loc[row, (label, "uncertainty")])
 
 
 def test_cll_table_layout_labels_files_and_cache(cached_table, mnist, monkeypatch):
     table, directory = cached_table
     assert list(table.columns) == [(f"{k} quadrant{'s' if k > 1 else ''}", stat)
-                                   for k in (1, 3) for stat in ("mean", "stderr")]
-    assert table.notna().all().all() and (table.xs("stderr", axis=1, level=1) > 0).all().all()
+                                   for k in (1, 3) for stat in STATISTICS]
+    assert STATISTICS == ("mean", "seed_sd", "test_se", "uncertainty")
+    assert table.xs("mean", axis=1, level=1).notna().all().all()
+    assert (table.xs("test_se", axis=1, level=1) > 0).all().all()
+    assert table.attrs["seeds"] == (0,) and table.attrs["num_seeds"] == 1
     assert table.attrs["labels"] == cll_labels(4, 2) == {
         "baseline": "NN baseline", "neg_elbo": "CVAE -ELBO (S=2)",
         "mc_prior": "CVAE MC prior (S=4)", "importance": "CVAE IS (S=4)",
@@ -400,15 +413,18 @@ def test_cll_table_layout_labels_files_and_cache(cached_table, mnist, monkeypatc
     assert len(csv_files) == 1 and len(json_files) == 1
     assert table.attrs["json"] == str(json_files[0])
     long = pd.read_csv(csv_files[0])
-    assert list(long.columns) == ["key", "label", "estimator", "num_quadrants", "inputs", "mean",
-                                  "stderr", "per_pixel"]
+    assert list(long.columns) == ["key", "label", "estimator", "num_quadrants", "inputs",
+                                  "num_seeds", "mean", "seed_sd", "test_se", "uncertainty",
+                                  "per_pixel"]
     assert len(long) == 5 * 2 and long["key"].tolist()[::2] == list(CLL_ROWS)
     assert long["label"].tolist()[::2] == list(cll_labels(4, 2).values())
     first = long.iloc[0]
     assert first["mean"] == table.loc["baseline", ("1 quadrant", "mean")]  # repr round-trips
     assert first["per_pixel"] == pytest.approx(first["mean"] / 588)
+    assert first["test_se"] == table.loc["baseline", ("1 quadrant", "test_se")]
     stored = json.loads(json_files[0].read_text())
     assert stored["rows"] == list(CLL_ROWS) and stored["key"]["num_samples"] == 4
+    assert stored["seeds"] == stored["key"]["seeds"] == [0]
 
     # a second call reads the cache: nothing is loaded, trained or estimated again
     mtimes = (csv_files[0].stat().st_mtime_ns, json_files[0].stat().st_mtime_ns)
@@ -416,6 +432,11 @@ def test_cll_table_layout_labels_files_and_cache(cached_table, mnist, monkeypatc
                                  "cvae_importance_sampling", "baseline_ncll"))
     again = cll_table(**TABLE_ARGS, cache=directory)
     assert again.equals(table) and again.attrs["labels"] == table.attrs["labels"]
+    for row in CLL_ROWS:  # the per-image values come back exactly, in their own dtype
+        for k in (1, 3):
+            stored_values = again.attrs["values"][row][k]
+            assert stored_values.dtype == table.attrs["values"][row][k].dtype
+            assert torch.equal(stored_values, table.attrs["values"][row][k]), (row, k)
     assert (csv_files[0].stat().st_mtime_ns, json_files[0].stat().st_mtime_ns) == mtimes
 
 
@@ -425,8 +446,15 @@ def test_bad_cached_table_is_recomputed_from_the_cached_models(mnist, tmp_path, 
     models = {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.pt")}
     assert len(models) == 2                                  # baseline and CVAE for k = 1
     (json_file,) = tmp_path.glob("cll-table-smoke-*.json")
-    # an unreadable file, then a readable one of another key: each is reported and recomputed
-    for bad in ("{not json", json.dumps({"key": {"kind": "cll-table"}, "rows": []})):
+    # an unreadable file, a readable one of another key, and one whose values lack an image:
+    # each is reported and recomputed
+    good = json.loads(json_file.read_text())
+    short = json.loads(json_file.read_text())
+    short["values"]["gap"]["1"]["shape"] = [1, 255]
+    short["values"]["gap"]["1"]["data"] = tables._encode(torch.zeros(1, 255))["data"]
+    assert good["values"]["gap"]["1"]["shape"] == [1, 256]
+    for bad in ("{not json", json.dumps({"key": {"kind": "cll-table"}, "rows": []}),
+                json.dumps(short)):
         json_file.write_text(bad)
         with monkeypatch.context() as patch:
             forbid(patch, cache_module, ("train_cvae", "train_baseline"))
@@ -508,9 +536,26 @@ def test_format_table_shows_labels_beside_the_published_numbers(cached_table):
     strings = format_table(table)
     assert list(strings.columns) == ["1 quadrant", "3 quadrants"]
     assert list(strings.index) == list(cll_labels(4, 2).values())
-    mean, stderr = (table.loc["importance", ("1 quadrant", statistic)]
-                    for statistic in ("mean", "stderr"))
-    assert strings.loc["CVAE IS (S=4)", "1 quadrant"] == f"{mean:.1f} ± {stderr:.1f}"
+    # one training seed: ± the standard error over test images, and the table says so
+    mean, test_se = (table.loc["importance", ("1 quadrant", statistic)]
+                     for statistic in ("mean", "test_se"))
+    assert strings.loc["CVAE IS (S=4)", "1 quadrant"] == f"{mean:.1f} ± {test_se:.1f}"
+    assert "test images alone" in strings.attrs["error"] and "one training seed" in \
+        strings.attrs["error"]
+    # the full table is tidy: a line per row and setting, a column per statistic, named
+    full = format_table(table, full=True, digits=2)
+    assert list(full.columns) == ["mean", "spread over seeds", "test standard error",
+                                  "uncertainty"]
+    assert list(full.index.names) == ["method", "inputs"] and len(full) == 5 * 2
+    assert full.loc[("CVAE IS (S=4)", "1 quadrant"), "test standard error"] == f"{test_se:.2f}"
+    assert full.loc[("CVAE IS (S=4)", "1 quadrant"), "mean"] == f"{mean:.2f}"
+    assert full.loc[("CVAE IS (S=4)", "1 quadrant"), "spread over seeds"] == "—"  # one seed
+    full_published = format_table(table, full=True, published=True)
+    assert full_published.loc[("Pyro tutorial", "NN baseline", "3 quadrants"), "mean"] == "25.4"
+    assert full_published.loc[("Pyro tutorial", "NN baseline", "3 quadrants"),
+                              "uncertainty"] == "—"
+    assert full_published.loc[("this book", "CVAE IS (S=4)", "1 quadrant"), "mean"] == \
+        f"{mean:.1f}"
     with_published = format_table(table, published=True)
     assert with_published.loc[("Pyro tutorial", "NN baseline"), "3 quadrants"] == "25.4"
     assert with_published.loc[("TorchZQ", "CVAE IS (S=100)"), "3 quadrants"] == "—"

@@ -61,10 +61,10 @@ CLL_VALUES = {"baseline": (100.0, 1.0), "neg_elbo": (80.0, 0.5), "mc_prior": (78
 
 
 def fake_table(ks=(1, 2, 3), labels=None) -> pd.DataFrame:
-    """A table shaped like `cll_table`'s: rows by key, columns (inputs, statistic)."""
-    return make_table({key: {k: mean for k in ks} for key, (mean, _) in CLL_VALUES.items()},
-                      {key: {k: stderr for k in ks} for key, (_, stderr) in CLL_VALUES.items()},
-                      labels=labels)
+    """A table shaped like `cll_table`'s: rows by key, columns (inputs, statistic); one seed of
+    two images, mean ± standard error, per cell."""
+    return make_table({key: {k: torch.tensor([[mean - stderr, mean + stderr]]) for k in ks}
+                       for key, (mean, stderr) in CLL_VALUES.items()}, labels=labels)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -1,7 +1,7 @@
 """Tests of cvae_utils.variants (the variants' configurations, the chapter's budget, TorchZQ's
-numbers, `variant_comparison`) and of `cvae_utils.variants.variants_table` on tiny models and
-synthetic digits: the GSNN row against `cvae_mc_prior` called directly, the other rows against
-`cvae_importance_sampling`, bit for bit; the cache; rows by key; and `plot_variants`."""
+numbers, `variant_comparison`, the seeds) and of `cvae_utils.variants.variants_table` on tiny
+models and synthetic digits: the GSNN row against `cvae_mc_prior` called directly, the other rows
+against `cvae_importance_sampling`, bit for bit; the cache; rows by key; and `plot_variants`."""
 from __future__ import annotations
 
 import json
@@ -20,10 +20,12 @@ from cvae_utils.data import make_quadrant_data
 from cvae_utils.evaluate import baseline_ncll, cvae_importance_sampling, cvae_mc_prior
 from cvae_utils.plot_results import plot_variants
 from cvae_utils.published import TORCHZQ_ABLATION
-from cvae_utils.tables import format_table, make_table
+from cvae_utils.seeds import seeded
+from cvae_utils.tables import STATISTICS, format_table, make_table
 from cvae_utils.variants import (VARIANT_CHANGES, VARIANT_LABELS, VARIANTS, torchzq_ablation,
                                  variant_comparison, variant_config, variant_label,
-                                 variants_budget, variants_overview, variants_table)
+                                 variants_budget, variants_overview, variants_seeds,
+                                 variants_table)
 
 TINY = CVAEConfig(baseline=BaselineConfig(hidden_1=16, hidden_2=16, batch_size=32),
                   hidden_1=16, hidden_2=16, z_dim=3, batch_size=32)
@@ -128,11 +130,27 @@ def test_variants_budget_override_and_errors(monkeypatch):
         variants_budget()
 
 
+@pytest.mark.parametrize("book, expected", [("smoke", 1), ("quick", 1), ("paper", 3)])
+def test_variants_take_the_books_seeds_although_their_budget_is_capped(monkeypatch, book,
+                                                                        expected):
+    """A paper build trains the variants at quick, but with the paper protocol's seeds: the
+    chapter compares their rows. CVAE_SEEDS overrides the count, as for every table."""
+    monkeypatch.delenv("CVAE_VARIANTS_BUDGET", raising=False)
+    monkeypatch.delenv("CVAE_SEEDS", raising=False)
+    monkeypatch.setenv("CVAE_BUDGET", book)
+    assert variants_seeds() == tuple(range(expected))
+    assert variants_budget().name == ("quick" if book == "paper" else book)
+    monkeypatch.setenv("CVAE_SEEDS", "2")
+    assert variants_seeds() == (0, 1) and variants_seeds(4) == (0, 1, 2, 3)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(num_quadrants=(0,)), "1, 2 or 3"), (dict(num_quadrants=(1, 1)), "distinct"),
     (dict(num_quadrants=()), "distinct"), (dict(num_samples=0), "num_samples"),
     (dict(num_samples=2.5), "num_samples"), (dict(estimator="elbo"), "importance, mc_prior"),
     (dict(keys=()), "distinct variants"), (dict(keys=("book", "book")), "distinct variants"),
+    (dict(seeds=(0, 0)), "distinct training seeds"), (dict(seeds=0), "training seeds"),
+    (dict(seeds="2"), "a count such as 3"),
 ])
 def test_bad_arguments_raise_before_any_work(monkeypatch, tmp_path, kwargs, message):
     def forbidden(*args, **kwargs):
@@ -149,7 +167,8 @@ def test_bad_arguments_raise_before_any_work(monkeypatch, tmp_path, kwargs, mess
 
 def test_table_rows_estimators_cache_and_figure(tiny_data, tmp_path, monkeypatch):
     kwargs = dict(keys=KEYS, num_quadrants=(1, 3), budget=TINY_BUDGET, data=tiny_data,
-                  num_samples=3, progress=False, cache=tmp_path, base=TINY, device="cpu")
+                  num_samples=3, progress=False, cache=tmp_path, base=TINY, device="cpu",
+                  seeds=(0,))
     table = variants_table(**kwargs)
     assert list(table.index) == ["baseline", *KEYS] and table.index.name == "variant"
     labels = table.attrs["labels"]
@@ -159,8 +178,10 @@ def test_table_rows_estimators_cache_and_figure(tiny_data, tmp_path, monkeypatch
     assert labels["pyro_tutorial"] == "Pyro tutorial's configuration [IS, S=3]"
     assert labels["book"] == "book (decoder reads x and z) [IS, S=3]"
     assert list(table.columns) == [(label, stat) for label in ("1 quadrant", "3 quadrants")
-                                   for stat in ("mean", "stderr")]
-    assert table.notna().all().all() and (table.xs("stderr", axis=1, level=1) > 0).all().all()
+                                   for stat in STATISTICS]
+    assert table.xs("mean", axis=1, level=1).notna().all().all()
+    assert (table.xs("test_se", axis=1, level=1) > 0).all().all()
+    assert table.attrs["seeds"] == (0,) and table.attrs["num_seeds"] == 1
     assert table.attrs["estimators"] == {"baseline": "exact", **{
         key: "mc_prior" if key == "gsnn" else "importance" for key in KEYS}}
     assert table.attrs["num_test"] == 16 and table.attrs["budget"] == "smoke"
@@ -174,13 +195,16 @@ def test_table_rows_estimators_cache_and_figure(tiny_data, tmp_path, monkeypatch
         for key, cvae in models.items():
             estimate_fn = cvae_mc_prior if key == "gsnn" else cvae_importance_sampling
             estimate = estimate_fn(cvae, test, 3, seed=0)
-            assert table.loc[key, (label, "mean")] == estimate.mean, (key, k)
-            assert table.loc[key, (label, "stderr")] == estimate.stderr, (key, k)
+            assert torch.equal(table.attrs["values"][key][k][0], estimate.values), (key, k)
+            assert table.loc[key, (label, "mean")] == pytest.approx(estimate.mean, abs=1e-9)
+            assert table.loc[key, (label, "test_se")] == pytest.approx(estimate.stderr,
+                                                                       rel=1e-12), (key, k)
         gsnn_is = cvae_importance_sampling(models["gsnn"], test, 3, seed=0).mean
         assert abs(gsnn_is - table.loc["gsnn", (label, "mean")]) > 1e-3  # they really differ
         baseline = trained_baseline(k, TINY, TINY_BUDGET, tiny_data, device="cpu",
                                     cache=tmp_path)[0]
-        assert table.loc["baseline", (label, "mean")] == baseline_ncll(baseline, test).mean
+        assert torch.equal(table.attrs["values"]["baseline"][k][0],
+                           baseline_ncll(baseline, test).values)
 
     # the files beside the models: a long CSV and a JSON with the key
     csv_files = list(tmp_path.glob("variants-table-smoke-*.csv"))
@@ -188,7 +212,8 @@ def test_table_rows_estimators_cache_and_figure(tiny_data, tmp_path, monkeypatch
     assert len(csv_files) == 1 and len(json_files) == 1
     long = pd.read_csv(csv_files[0])
     assert list(long.columns) == ["key", "label", "estimator", "num_quadrants", "inputs",
-                                  "mean", "stderr", "per_pixel"]
+                                  "num_seeds", "mean", "seed_sd", "test_se", "uncertainty",
+                                  "per_pixel"]
     assert len(long) == 8 * 2 and long["key"].tolist()[::2] == ["baseline", *KEYS]
     assert long.loc[long["key"] == "gsnn", "estimator"].unique().tolist() == ["mc_prior"]
     stored = json.loads(json_files[0].read_text())
@@ -245,8 +270,8 @@ def test_all_rows_by_mc_prior_on_request(tiny_data, tmp_path):
     cvae = trained_cvae(2, variant_config("book", TINY), TINY_BUDGET, tiny_data, device="cpu",
                         cache=tmp_path)[0]
     test = make_quadrant_data(tiny_data.test.head(16), 2)
-    assert table.loc["book", ("2 quadrants", "mean")] == cvae_mc_prior(cvae, test, 2,
-                                                                       seed=0).mean
+    assert table.loc["book", ("2 quadrants", "mean")] == pytest.approx(
+        cvae_mc_prior(cvae, test, 2, seed=0).mean, abs=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,18 +303,26 @@ def test_torchzq_ablation_numbers_and_correspondences():
 
 
 def fake_variants_table(labels=None):
+    """Rows of two seeds and 100 images whose images differ independently in each row (no
+    shared difficulty), means as written, standard error over images 1 in every cell."""
     means = {"baseline": {1: 100.0, 2: 60.0}, "pyro_tutorial": {1: 90.0, 2: 59.5},
              "book": {1: 95.0, 2: 70.0}}
-    stderrs = {row: {1: 1.0, 2: 1.0} for row in means}
-    return make_table(means, stderrs, index_name="variant", labels=labels,
+    values = {}
+    for r, (row, by_k) in enumerate(means.items()):
+        noise = torch.randn(100, generator=torch.Generator().manual_seed(r)).double()
+        noise = (noise - noise.mean()) / noise.std() * 10.0     # sd 10 over 100 images: se 1
+        values[row] = {k: (mean + noise).expand(2, 100) for k, mean in by_k.items()}
+    return make_table(values, index_name="variant", labels=labels, seeds=(0, 1),
                       estimators={row: "importance" for row in means})
 
 
 def test_variant_comparison_and_our_numbers_beside_torchzq():
     table = fake_variants_table()
-    # differences beyond 2 sqrt(1 + 1) = 2.83 nats count, smaller ones do not
+    assert table.loc["book", ("1 quadrant", "test_se")] == pytest.approx(1.0)
+    # unshared image noise: the paired difference's error is sqrt(1 + 1) = 1.41 nats, so
+    # differences beyond 2.83 nats count, smaller ones do not
     assert variant_comparison(table, "pyro_tutorial", "baseline") == {
-        "1 quadrant": "lower", "2 quadrants": "indistinguishable"}
+        "1 quadrant": "lower", "2 quadrants": "within noise"}
     assert variant_comparison(table, "book", "baseline") == {
         "1 quadrant": "lower", "2 quadrants": "higher"}
     with pytest.raises(ValueError, match="no row 'gsnn'"):

@@ -19,7 +19,8 @@ Listed in ``book/_config.yml`` under ``sphinx: local_extensions`` (with the othe
   changed, and the code does not change with ``CVAE_BUDGET``. So the execution cache
   (``nb_execution_cache_path``) gets one folder per pair of budgets, the book's and that of the
   chapter "Variants of the model" (``_build/.jupyter_cache/budget-smoke-variants-smoke``, with
-  ``-fp32`` or ``-bf16`` appended when ``CVAE_PRECISION`` forces a precision). Switching budgets
+  ``-fp32`` or ``-bf16`` appended when ``CVAE_PRECISION`` forces a precision, and ``-seeds-N``
+  when ``CVAE_SEEDS`` sets the number of training seeds of the tables). Switching budgets
   changes a configuration value, so Sphinx reads every chapter again, and each one executes
   unless the folder of the new budgets already holds its outputs: switching back to a budget
   built before executes nothing.
@@ -33,8 +34,8 @@ Listed in ``book/_config.yml`` under ``sphinx: local_extensions`` (with the othe
   (`cvae_utils.cluster.train_models`), with a line per finished model (done, running, left, an
   estimate), before the first chapter runs; the chapters then find them all in the cache.
 
-An unknown ``CVAE_BUDGET`` or ``CVAE_VARIANTS_BUDGET`` stops the build before anything runs, and
-so does a scheduler that cannot be reached.
+An unknown ``CVAE_BUDGET`` or ``CVAE_VARIANTS_BUDGET``, or a bad ``CVAE_SEEDS``, stops the build
+before anything runs, and so does a scheduler that cannot be reached.
 """
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ from cvae_utils.cluster import ClusterError, train_models
 from cvae_utils.config import get_budget
 from cvae_utils.files import write_atomically
 from cvae_utils.progress import format_duration
+from cvae_utils.seeds import training_seeds
+from cvae_utils.settings import seeds as seeds_setting
 from cvae_utils.speed import precision_override
 from cvae_utils.variants import variants_budget
 
@@ -84,6 +87,7 @@ class BuildState:
     budget: str = ""
     variants_budget: str = ""
     precision: str = ""  # forced by CVAE_PRECISION, else "" (the machine decides)
+    seeds: int | None = None           # training seeds set by CVAE_SEEDS, else None (the budget)
     probe: object = None               # a book_plan.ChapterStartProbe, running
     estimate: float | None = None
     relay: Relay | None = None
@@ -100,11 +104,13 @@ def _say(line: str = "") -> None:
 
 
 def execution_cache_folder(base: str | os.PathLike, budget: str, variants_budget: str,
-                           precision: str = "") -> Path:
+                           precision: str = "", seeds: int | None = None) -> Path:
     """The execution cache of a pair of budgets (and of a training precision forced by
-    ``CVAE_PRECISION``, when one is): a folder of its own under ``base``."""
+    ``CVAE_PRECISION``, and of a count of training seeds set by ``CVAE_SEEDS``, when they are):
+    a folder of its own under ``base``."""
     return Path(base) / (f"budget-{budget}-variants-{variants_budget}"
-                         + (f"-{precision}" if precision else ""))
+                         + (f"-{precision}" if precision else "")
+                         + (f"-seeds-{seeds}" if seeds is not None else ""))
 
 
 def write_kernel_spec(root: str | os.PathLike, python: str = sys.executable) -> Path:
@@ -138,6 +144,8 @@ def _config_inited(app: Sphinx, config) -> None:
         state.budget = get_budget().name
         state.variants_budget = variants_budget().name
         state.precision = precision_override() or ""
+        # the budget decides the count of training seeds, unless CVAE_SEEDS does (checked here)
+        state.seeds = len(training_seeds()) if seeds_setting() else None
     except ValueError as error:
         raise ExtensionError(f"{error} (before any chapter ran)") from None
 
@@ -145,7 +153,7 @@ def _config_inited(app: Sphinx, config) -> None:
     base = config.nb_execution_cache_path or build / ".jupyter_cache"
     config.nb_execution_cache_path = str(execution_cache_folder(base, state.budget,
                                                                 state.variants_budget,
-                                                                state.precision))
+                                                                state.precision, state.seeds))
     kernels = build / "cvae-kernels"
     write_kernel_spec(kernels)
     path = os.environ.get("JUPYTER_PATH")

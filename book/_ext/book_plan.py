@@ -2,8 +2,9 @@
 
 `build_plan` takes every model the chapters ask for from `cvae_utils.book_models` (the
 baselines and CVAEs of the book's configuration, the digit classifier, the 21 models of the
-chapter "Variants of the model", each with its file in the model cache, the file
-`trained_cvae` and its kin would load) and estimates the time of those that are missing.
+chapter "Variants of the model", each for every training seed of the tables, each with its file
+in the model cache, the file `trained_cvae` and its kin would load) and estimates the time of
+those that are missing.
 `BuildPlan.lines` formats it for the terminal; the book's Sphinx extension (``book_build.py``)
 prints it before the first chapter runs.
 
@@ -44,6 +45,7 @@ from cvae_utils.data import Split, make_quadrant_data
 from cvae_utils.evaluate import cvae_importance_sampling
 from cvae_utils.networks import BaselineNet
 from cvae_utils.progress import format_duration
+from cvae_utils.seeds import seeds_origin, training_seeds
 from cvae_utils.speed import explain_precision, resolve_precision
 from cvae_utils.train import train_baseline, train_cvae
 from cvae_utils.variant_models import build_cvae
@@ -59,7 +61,7 @@ MIN_SCALED_IMAGES = 10_000  # cached runs on fewer training images are not scale
 class PlannedModel:
     """One model the book needs: where its cache file is and what training it would cost."""
 
-    label: str                  # e.g. "cvae k=1" or "variant gsnn k=2"
+    label: str                  # e.g. "cvae k=1", "variant gsnn k=2" or "cvae k=1 seed 2"
     kind: str                   # "baseline", "cvae" or "classifier"
     groups: set                 # who asks for it: "book", "classifier", "variants" (`needs_of`)
     budget: Budget
@@ -71,6 +73,8 @@ class PlannedModel:
     source: str = ""            # where seconds_per_epoch comes from
     epochs_bound: bool = False  # epochs is the cap of a run that early stopping may end sooner
     needed: bool = True         # asked for by a chapter that will execute
+    num_quadrants: int | None = None  # None for the classifier
+    seed: int = 0               # its training seed
 
     @property
     def seconds(self) -> float:
@@ -84,6 +88,8 @@ class BuildPlan:
     budget: Budget
     variants_budget: Budget
     precision: str
+    seeds: tuple = (0,)          # the training seeds of every table's models
+    seeds_origin: str = ""       # where their count comes from (`cvae_utils.seeds.seeds_origin`)
     models: list[PlannedModel] = field(default_factory=list)
     scoring: list[tuple[str, float]] = field(default_factory=list)  # (what, seconds), uncached
     chapters: list[str] = field(default_factory=list)   # chapters that will execute
@@ -111,6 +117,8 @@ class BuildPlan:
                f"validation, {budget.num_test:,} test images, at most {budget.max_epochs} "
                f"epoch{'s' * (budget.max_epochs != 1)} (CVAE_BUDGET); chapter \"Variants\": "
                f"{variants.name} (CVAE_VARIANTS_BUDGET)",
+               f"training seeds: {len(self.seeds)} per model of the tables "
+               f"({self.seeds_origin})",
                f"precision: {self.precision}"]
         cached = [model for model in self.models if model.cached]
         out.append(f"models of the book: {len(cached)} of {len(self.models)} in the model "
@@ -123,9 +131,11 @@ class BuildPlan:
         for (name, budget_name, source), models in groups.items():
             first = models[0]
             bound = "at most " if first.epochs_bound else ""
-            quadrants = [m.label.rsplit("k=", 1)[1] for m in models if "k=" in m.label]
-            which = (f" k={','.join(sorted(set(quadrants)))}" if quadrants
+            quadrants = sorted({m.num_quadrants for m in models if m.num_quadrants is not None})
+            seeds = sorted({m.seed for m in models})
+            which = (f" k={','.join(map(str, quadrants))}" if quadrants
                      and name != "variant CVAEs" else "")
+            which += f" seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else ""
             count = f"{len(models)} " if len(models) > 1 else ""
             out.append(f"  to train ({budget_name}): {count}{name}{which}, {bound}"
                        f"{first.epochs:.0f} epoch{'s' * (first.epochs != 1)} x "
@@ -260,7 +270,8 @@ def measure_scoring_seconds(config: CVAEConfig, num_samples: int = 100, n: int =
 
 def _models(budget: Budget, variants: Budget, config: CVAEConfig, directory) -> list[PlannedModel]:
     return [PlannedModel(model.label, model.kind, set(model.groups), model.budget, model.path,
-                         model.max_epochs, cached=model.cached)
+                         model.max_epochs, cached=model.cached,
+                         num_quadrants=model.num_quadrants, seed=model.seed)
             for model in book_models(budget, variants, config, directory)]
 
 
@@ -310,16 +321,20 @@ def _estimate_epochs(models: list[PlannedModel], runs: list[dict], config: CVAEC
 def _scoring(budget: Budget, variants: Budget, config: CVAEConfig, directory, needs: set,
              per_image: float) -> list[tuple[str, float]]:
     out = []
-    key = tables.cll_table_key(QUADRANTS, config, budget)
+    seeds = training_seeds(budget)
+    key = tables.cll_table_key(QUADRANTS, config, budget, seeds=seeds)
     if "cll_table" in needs and not tables.table_paths(key, directory)[1].exists():
         # importance sampling, the MC prior (as costly) and the -ELBO with S=10 for each k
-        out.append((f"CLL table, 3 x {budget.num_test:,} test images",
-                    2.1 * 3 * budget.num_test * per_image))
+        models = 3 * len(seeds)
+        out.append((f"CLL table, {models} x {budget.num_test:,} test images",
+                    2.1 * models * budget.num_test * per_image))
     keys = list(variants_module.VARIANTS)
-    key = variants_module.variants_table_key(keys, QUADRANTS, config, variants)
+    seeds = variants_module.variants_seeds(book=budget)
+    key = variants_module.variants_table_key(keys, QUADRANTS, config, variants, seeds=seeds)
     if "variants_table" in needs and not tables.table_paths(key, directory)[1].exists():
-        out.append((f"variants table, {3 * len(keys)} x {variants.num_test:,} test images",
-                    3 * len(keys) * variants.num_test * per_image))
+        models = 3 * len(keys) * len(seeds)
+        out.append((f"variants table, {models} x {variants.num_test:,} test images",
+                    models * variants.num_test * per_image))
     return out
 
 
@@ -337,8 +352,9 @@ def build_plan(budget: Budget | str | None = None, variants_budget: Budget | str
     budget = get_budget(budget)
     variants = variants_module.variants_budget(variants_budget)
     config = config or book_config()
-    plan = BuildPlan(budget, variants, precision_path(),
-                     chapters=list(chapters or []), cached_chapters=list(cached_chapters or []),
+    plan = BuildPlan(budget, variants, precision_path(), seeds=training_seeds(budget),
+                     seeds_origin=seeds_origin(budget), chapters=list(chapters or []),
+                     cached_chapters=list(cached_chapters or []),
                      seconds_per_chapter=seconds_per_chapter)
     plan.models = _models(budget, variants, config, directory)
     if needs is None:
