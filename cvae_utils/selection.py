@@ -15,9 +15,12 @@ s), so a difference is paired twice: by seed and by validation image. `selection
 for each decision the mean gain over seeds (ablation minus recipe: positive means the decision
 helps), the standard error over validation images, the spread over seeds, the combined
 uncertainty of the mean gain (`cvae_utils.seeds.summarize`), and a verdict by the
-rule in `verdict`: a decision is kept because it helps only where the gain exceeds twice its
-uncertainty; where the gain is within noise, the simpler configuration, the tutorial's, is
-preferred unless the decision is a speed decision with no measured cost.
+rule of its kind (`RULES`): a decision added for quality is kept only where its gain exceeds
+twice its uncertainty (within noise, the simpler configuration, the tutorial's, is preferred);
+one that is the paper's model or an exact form, or one taken for speed, is kept unless it hurts
+beyond twice its uncertainty. A decision scored at several quadrant counts gets a row "all" as
+well, the gain summed over them image by image (the validation NLL of the tasks together), and
+is judged on that row.
 
 ``python -m cvae_utils select`` runs it (in this process or on a Dask cluster) and writes the
 table as CSV and Markdown; `DECISIONS.md` quotes that output, and chapter "Evaluation" says
@@ -175,7 +178,8 @@ def selection_table(decisions: Sequence[str] | None = None, seeds: int | None = 
 
     Trains what is missing (in this process, or on a Dask cluster with ``workers`` or
     ``scheduler``, as `cvae_utils.cluster.train_models`), scores every model on the validation
-    images, and returns one row per (decision, k): the gain of the decision (the undone recipe's
+    images, and returns one row per (decision, k), plus a row k = "all" for a decision scored
+    at several k (the one its action follows): the gain of the decision (the undone recipe's
     negative CLL minus the recipe's, nats per image: positive means the decision helps), its
     ``seed_sd``, ``val_se``, ``uncertainty``, the ``effect`` ("helps", "hurts", "within noise")
     and the ``action`` that the decision's rule (`RULES`) takes.
@@ -202,20 +206,27 @@ def selection_table(decisions: Sequence[str] | None = None, seeds: int | None = 
                                               num_samples, cache, device) for s in seed_list])
 
     rows = []
+
+    def add_row(decision, k, kept, undone):
+        gain = summarize(undone - kept)  # > 0: the recipe is lower, the decision helps
+        effect = {"higher": "helps", "lower": "hurts"}.get(verdict(gain), "within noise")
+        keep = (effect == "helps" if decision.kind == "quality" else effect != "hurts")
+        rows.append({"decision": decision.name, "kind": decision.kind, "k": k,
+                     "recipe": kept.mean().item(), "undone": undone.mean().item(),
+                     "gain": gain.mean, "seed_sd": gain.seed_sd, "val_se": gain.test_se,
+                     "uncertainty": gain.uncertainty, "effect": effect,
+                     "action": "keep" if keep else "undo"})
+        log(f"{decision.name} k={k}: gain {gain.mean:+.3f} ± {gain.uncertainty:.3f} "
+            f"({effect}; {rows[-1]['action']})")
+
     for decision in chosen:
-        for k in (ks if decision.model == "cvae" else (1, 2, 3)):
-            undone = scores(decision.model, decision.config(recipe), k)
-            kept = scores(decision.model, recipe, k)
-            gain = summarize(undone - kept)  # > 0: the recipe is lower, the decision helps
-            effect = {"higher": "helps", "lower": "hurts"}.get(verdict(gain), "within noise")
-            keep = (effect == "helps" if decision.kind == "quality" else effect != "hurts")
-            rows.append({"decision": decision.name, "kind": decision.kind, "k": k,
-                         "recipe": kept.mean().item(), "undone": undone.mean().item(),
-                         "gain": gain.mean, "seed_sd": gain.seed_sd, "val_se": gain.test_se,
-                         "uncertainty": gain.uncertainty, "effect": effect,
-                         "action": "keep" if keep else "undo"})
-            log(f"{decision.name} k={k}: gain {gain.mean:+.3f} ± {gain.uncertainty:.3f} "
-                f"({effect}; {rows[-1]['action']})")
+        decision_ks = ks if decision.model == "cvae" else (1, 2, 3)
+        undone = {k: scores(decision.model, decision.config(recipe), k) for k in decision_ks}
+        kept = {k: scores(decision.model, recipe, k) for k in decision_ks}
+        for k in decision_ks:
+            add_row(decision, k, kept[k], undone[k])
+        if len(decision_ks) > 1:  # judged on the three tasks together: per image, summed
+            add_row(decision, "all", sum(kept.values()), sum(undone.values()))
     frame = pd.DataFrame(rows)
     frame.attrs.update({"budget": budget.name, "seeds": list(seed_list), "split": "validation",
                         "num_images": budget.num_val, "num_samples": num_samples,

@@ -92,5 +92,10 @@ def test_the_command_line_writes_the_table_and_refuses_one_seed(mnist_root, tmp_
                          timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     table = (tmp_path / "selection.md").read_text()
-    assert table.count("| baseline: bf16 products |") == 3  # k = 1, 2, 3
+    assert table.count("| baseline: bf16 products |") == 4  # k = 1, 2, 3 and all
+    import pandas as pd
+    rows = pd.read_csv(tmp_path / "selection.csv").set_index("k")
+    # judged on the three tasks together: the per-image sum, whose mean is the sum of the means
+    assert rows.loc["all", "gain"] == pytest.approx(rows.loc[["1", "2", "3"], "gain"].sum())
+    assert rows.loc["all", "uncertainty"] > 0
     assert "training seeds [0, 1]" in table and "Validation split (256 images)" in table
