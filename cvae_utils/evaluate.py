@@ -280,9 +280,10 @@ def estimate_nll(method: str, condition: Callable[[torch.Tensor, torch.Tensor], 
     estimator = _ESTIMATORS[method]
     # memory: the per-image values go into one tensor allocated once, not into a list of chunk
     # results joined at the end. Each small chunk result kept alive sat in glibc's heap above
-    # the chunk's freed (S, n, ...) temporaries, so the heap could not reuse nor trim them and
-    # grew by about 12 MiB per chunk: 1.7 GiB more at the peak of one estimator on the 10,000
-    # test images at S = 100 (benchmarks/bench_memory.py). The same numbers either way.
+    # the chunk's freed (S, n, ...) temporaries, so the heap could neither reuse nor trim them
+    # and grew with every chunk (12 to 120 MiB, as the allocator's state had it): one estimator
+    # on the 10,000 test images at S = 100 peaked 1.6 to 15 GiB above its start, 0.25 now
+    # (benchmarks/bench_memory.py). The same numbers either way.
     values = None
     for start in range(0, x.shape[0], chunk):
         stop = min(start + chunk, x.shape[0])
@@ -292,7 +293,7 @@ def estimate_nll(method: str, condition: Callable[[torch.Tensor, torch.Tensor], 
         part = estimator(conditional, eps.to(loc.device))                # (n,)
         if values is None:
             values = torch.empty(x.shape[0], dtype=part.dtype)           # (N,) on the CPU
-        values[start:stop] = part
+        values[start:stop].copy_(part)                                   # from any device
         del conditional, eps, part
     if num_output_pixels is None:
         num_output_pixels = float(y[0].numel())
