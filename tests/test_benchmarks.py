@@ -36,7 +36,7 @@ def numbers(line: str) -> list[float]:
 def test_every_script_has_a_smoke_test():
     # bench_browser.py needs a built book and Chromium: its smoke test is in test_browser.py
     assert SCRIPTS == ["bench_book.py", "bench_browser.py", "bench_cluster.py", "bench_epoch.py",
-                       "bench_is.py", "profile_step.py"]
+                       "bench_is.py", "bench_memory.py", "profile_step.py"]
 
 
 def test_bench_epoch(tmp_path, mnist_root):
@@ -65,6 +65,22 @@ def test_bench_is(tmp_path, mnist_root):
     assert re.search(r"importance sampling \(book config\), S=4, 20 test images, k=1", out)
     assert re.search(r"MFLOP per image -> \d+\.\d+ GFLOP/s", out)
     assert "per-image seeded noise alone" in out
+
+
+def test_bench_memory(tmp_path, mnist_root):
+    out = run("bench_memory.py", "--compare", tmp_path=tmp_path, mnist_root=mnist_root)
+    assert "estimators of the CLL table, k=1, 200 test images" in out
+    for method in ("neg_elbo", "mc_prior", "importance"):
+        rows = re.findall(rf"^{method} +4 (array|list) +\d+ +\d+ +-?\d+ +\d+ +\d+\.\d", out, re.M)
+        assert sorted(rows) == ["array", "list"], out
+        assert re.search(rf"^{method}: peak \d+ MiB \(one array\) against \d+ MiB \(list of "
+                         rf"chunks\), the same mean$", out, re.M), out
+
+
+def test_bench_memory_executes_a_chapter_with_a_probe_per_cell(tmp_path, mnist_root):
+    out = run("bench_memory.py", "--chapter", "maths", tmp_path=tmp_path, mnist_root=mnist_root)
+    assert re.search(r"^  cell\d+ +\d+\.\d s  rss +\d+  peak +\d+", out, re.M), out
+    assert re.search(r"^chapter maths: peak \d+ MiB, \d+ s$", out, re.M), out
 
 
 def test_profile_step(tmp_path, mnist_root):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import weakref
 
 import pandas as pd
 import pytest
@@ -174,6 +175,31 @@ def test_chunking_does_not_change_the_result(toy, monkeypatch):
         split = estimate_nll(method, condition, x, y, 9, chunk_size=3)
         monkeypatch.undo()
         torch.testing.assert_close(split.values, big.values, rtol=0, atol=1e-12)
+
+
+def test_each_chunks_result_is_released_before_the_next_chunk(toy, monkeypatch):
+    """The values go into one tensor allocated once; no chunk's result lives on until the end.
+
+    Chunk results kept in a list until a final concatenation sat in glibc's heap above each
+    chunk's freed temporaries, which the heap then could neither reuse nor trim: at the book's
+    sizes (10,000 test images, S = 100) it grew by about 12 MiB per chunk, 1.7 GiB at the end
+    of one estimator (benchmarks/bench_memory.py prints the peak)."""
+    model, x, y = toy
+    condition = model.condition(shift=0.5, widen=1.5)
+    expected = estimate_nll("importance", condition, x, y, 5, chunk_size=7)
+    results = []
+
+    def recording(conditional, eps):
+        assert all(ref() is None for ref in results), "an earlier chunk's result is alive"
+        values = neg_log_importance(conditional, eps)
+        results.append(weakref.ref(values))
+        return values
+
+    monkeypatch.setitem(evaluate._ESTIMATORS, "importance", recording)
+    estimate = estimate_nll("importance", condition, x, y, 5, chunk_size=7)
+    assert len(results) == math.ceil(len(x) / 7)
+    assert estimate.values.dtype == expected.values.dtype == torch.float64
+    assert torch.equal(estimate.values, expected.values)
 
 
 def test_fixed_seed_same_numbers_and_global_rng_untouched(toy):
