@@ -37,6 +37,24 @@ from .train import default_device
 from .variants import variants_budget
 
 
+def _add_common(command: argparse.ArgumentParser) -> None:
+    """The arguments ``train`` and ``select`` share: the budget, the folders, the device, and
+    where the models train."""
+    command.add_argument("--budget", choices=list(BUDGETS), default=None,
+                         help="run length (default: $CVAE_BUDGET, else paper)")
+    command.add_argument("--data-dir", default=None, help="MNIST root (default: $CVAE_DATA_DIR)")
+    command.add_argument("--cache-dir", default=None,
+                         help="model cache (default: $CVAE_CACHE_DIR)")
+    command.add_argument("--device", default=None,
+                         help="torch device in this process (default: cuda if present)")
+    where = command.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="train on a Dask LocalCluster of N single-thread processes here")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="train on the Dask cluster of this scheduler, e.g. "
+                            "tcp://127.0.0.1:8786 (default: $CVAE_SCHEDULER)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cvae_utils",
                                      description="Pre-train the book's models into the cache.")
@@ -49,25 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--book", action="store_true",
                       help="every model the book needs at the budget: baselines, CVAEs, the "
                            "digit classifier and the variants (at $CVAE_VARIANTS_BUDGET)")
-    train.add_argument("--budget", choices=list(BUDGETS), default=None,
-                       help="run length (default: $CVAE_BUDGET, else paper)")
-    train.add_argument("--data-dir", default=None, help="MNIST root (default: $CVAE_DATA_DIR)")
-    train.add_argument("--cache-dir", default=None, help="model cache (default: $CVAE_CACHE_DIR)")
-    train.add_argument("--device", default=None,
-                       help="torch device in this process (default: cuda if present)")
-    where = train.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="train on a Dask LocalCluster of N single-thread processes here")
-    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                       help="train on the Dask cluster of this scheduler, e.g. "
-                            "tcp://127.0.0.1:8786 (default: $CVAE_SCHEDULER)")
+    _add_common(train)
     train.add_argument("--retrain", action="store_true", help="ignore and overwrite the cache")
     train.add_argument("--tutorial", action="store_true",
                        help="the Pyro tutorial's configuration instead of the book's")
     select = commands.add_parser("select", help="score each decision of the recipe on the "
                                                  "validation split (leave-one-out)")
-    select.add_argument("--budget", choices=list(BUDGETS), default=None,
-                        help="run length (default: $CVAE_BUDGET, else paper)")
+    _add_common(select)
     select.add_argument("--seeds", type=int, default=2, metavar="N",
                         help="training seeds per model, at least 2 (default 2)")
     select.add_argument("--quadrants", type=int, nargs="+", default=[1], choices=[1, 2, 3],
@@ -77,20 +83,29 @@ def _parser() -> argparse.ArgumentParser:
                         help="only this decision (repeatable; default all): "
                              + "; ".join(d.name for d in DECISIONS))
     select.add_argument("--out", default=".", help="folder for selection.csv and selection.md")
-    select.add_argument("--data-dir", default=None, help="MNIST root (default: $CVAE_DATA_DIR)")
-    select.add_argument("--cache-dir", default=None, help="model cache (default: $CVAE_CACHE_DIR)")
-    select.add_argument("--device", default=None,
-                        help="torch device in this process (default: cuda if present)")
-    where = select.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="train on a Dask LocalCluster of N single-thread processes here")
-    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                       help="train on the Dask cluster of this scheduler (default: "
-                            "$CVAE_SCHEDULER)")
     return parser
 
 
-def _select(args, budget, device, scheduler) -> int:
+def _train(args, budget, device, scheduler) -> None:
+    config = tutorial_config() if args.tutorial else book_config()
+    print(f"budget {budget.name}: {budget.num_train} training / {budget.num_val} "
+          f"validation images, up to {budget.max_epochs} epochs", flush=True)
+    print(f"data root {data_root(args.data_dir)}; cache {cache_dir(args.cache_dir)}",
+          flush=True)
+    print(f"precision of the training: {explain_precision(config.precision, device)}",
+          flush=True)
+    print(f"training seeds: {len(training_seeds(budget))} per model of the tables "
+          f"({seeds_origin(budget)})", flush=True)
+    models = book_models(budget, variants_budget(book=budget), config, args.cache_dir)
+    if not args.book:
+        quadrants = set(args.quadrants or (1, 2, 3))
+        models = [m for m in models if "book" in m.groups and m.num_quadrants in quadrants]
+    data = load_mnist(args.data_dir)
+    train_models(models, data, workers=args.workers, scheduler=scheduler, cache=args.cache_dir,
+                 retrain=args.retrain, device=device, log=lambda line: print(line, flush=True))
+
+
+def _select(args, budget, device, scheduler) -> None:
     frame = selection_table(args.decision, args.seeds, args.quadrants, budget,
                             load_mnist(args.data_dir), cache=args.cache_dir, workers=args.workers,
                             scheduler=scheduler, device=device,
@@ -98,7 +113,15 @@ def _select(args, budget, device, scheduler) -> int:
     for path in write_selection(frame, args.out):
         print(f"wrote {path}", flush=True)
     print(format_selection(frame), flush=True)
-    return 0
+
+
+# what each command says when interrupted
+_INTERRUPTED = {
+    "train": "the models finished so far are in the cache; run the same command again to "
+             "train the rest",
+    "select": "the models and scores finished so far are in the cache; run the same command "
+              "again to go on",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,51 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(args.device) if args.device else default_device()
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be 1 or more, got {args.workers}")
-    except (ValueError, RuntimeError) as error:  # a bad CVAE_BUDGET, or --device cpux
-        parser.error(str(error))
-    scheduler = args.scheduler or (None if args.workers else settings.scheduler())
-    if args.command == "select":
-        try:
+        if args.command == "select":
             check_decisions(args.decision)
             if args.seeds < 2:
                 raise ValueError(f"--seeds must be 2 or more, got {args.seeds}")
-        except ValueError as error:
-            parser.error(str(error))
-        try:
-            listener = show_on(sys.stderr)
-            try:
-                return _select(args, budget, device, scheduler)
-            finally:
-                stop_showing(listener)
-        except (ClusterError, CheckpointError, MNISTDataError, WriteError, OSError,
-                ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted: the models and scores finished so far are in the cache; run "
-                  "the same command again to go on", file=sys.stderr)
-            return 130
-    config = tutorial_config() if args.tutorial else book_config()
+    except (ValueError, RuntimeError) as error:  # a bad CVAE_BUDGET, or --device cpux
+        parser.error(str(error))
+    scheduler = args.scheduler or (None if args.workers else settings.scheduler())
+    run = _select if args.command == "select" else _train
     try:
-        print(f"budget {budget.name}: {budget.num_train} training / {budget.num_val} "
-              f"validation images, up to {budget.max_epochs} epochs", flush=True)
-        print(f"data root {data_root(args.data_dir)}; cache {cache_dir(args.cache_dir)}",
-              flush=True)
-        print(f"precision of the training: {explain_precision(config.precision, device)}",
-              flush=True)
-        print(f"training seeds: {len(training_seeds(budget))} per model of the tables "
-              f"({seeds_origin(budget)})", flush=True)
-        models = book_models(budget, variants_budget(book=budget), config, args.cache_dir)
-        if not args.book:
-            quadrants = set(args.quadrants or (1, 2, 3))
-            models = [m for m in models
-                      if "book" in m.groups and m.num_quadrants in quadrants]
-        data = load_mnist(args.data_dir)
         listener = show_on(sys.stderr)  # a line per epoch
         try:
-            train_models(models, data, workers=args.workers, scheduler=scheduler,
-                         cache=args.cache_dir, retrain=args.retrain, device=device,
-                         log=lambda line: print(line, flush=True))
+            run(args, budget, device, scheduler)
         finally:
             stop_showing(listener)
     except (ClusterError, CheckpointError, MNISTDataError, WriteError, OSError,
@@ -161,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the models finished so far are in the cache; run the same command "
-              "again to train the rest", file=sys.stderr)
+        print(f"interrupted: {_INTERRUPTED[args.command]}", file=sys.stderr)
         return 130
     return 0
 
