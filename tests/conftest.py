@@ -101,6 +101,17 @@ def _pyro_validation():
     pyro.clear_param_store()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    threads only add overhead at these tiny sizes, and on a busy machine oversubscribed threads
+    made a module several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def cache_path(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "cache"

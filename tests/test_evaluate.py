@@ -41,14 +41,7 @@ from cvae_utils.variant_models import build_cvae
 TINY = CVAEConfig(hidden_1=32, hidden_2=32, z_dim=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run this module's tiny tensors on one thread: threads only add overhead at these sizes,
-    and on a busy machine oversubscribed threads made the module several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------

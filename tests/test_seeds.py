@@ -21,7 +21,6 @@ from cvae_utils.book_models import book_models
 from cvae_utils.cache import checkpoint_path, model_key
 from cvae_utils.cluster import train_models
 from cvae_utils.config import BaselineConfig, Budget, CVAEConfig, get_budget, tutorial_config
-from cvae_utils.data import MNISTNotFoundError, load_mnist
 from cvae_utils.seeds import (SEEDS_PER_BUDGET, resolve_seeds, seeded, seeds_origin, summarize,
                               training_seeds, verdict)
 from cvae_utils.tables import (CLL_ROWS, cll_table, cll_table_key, compare_rows, error_bar,
@@ -40,12 +39,7 @@ def no_seeds_variable(monkeypatch):
     monkeypatch.delenv("CVAE_SEEDS", raising=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,14 +198,6 @@ def test_error_bars_and_strings_name_their_uncertainty():
 # ------------------------------------------------------------------------------------------------
 # The CLL table of several seeds, on MNIST
 # ------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def mnist():
-    try:
-        return load_mnist(download=False)
-    except MNISTNotFoundError as error:
-        pytest.skip(f"MNIST is not available: {error}")
-
 
 ARGS = dict(num_quadrants=(1,), config=TINY, budget="smoke", num_samples=2, elbo_samples=1,
             device="cpu", progress=False)

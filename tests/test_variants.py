@@ -33,12 +33,7 @@ TINY_BUDGET = Budget("smoke", num_train=64, num_val=32, num_test=16, max_epochs=
 KEYS = ("pyro_tutorial", "tutorial", "book", "gsnn", "hybrid", "joint", "no_baseline_prior")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def changed_fields(config: CVAEConfig, reference: CVAEConfig) -> dict:
