@@ -166,9 +166,10 @@ class CVAEConfig(_Config):
     kl_warmup_max_share: float = 0.5  # ... but over at most this share of the epoch cap
     joint_baseline: bool = False  # fine-tune the baseline with the CVAE (else frozen)
     # the optimiser
-    lr: float = 1.5e-3            # Adam's learning rate
-    lr_decay: float = 0.99        # the learning rate is multiplied by this after every epoch
-    batch_size: int = 256         # images per gradient step
+    lr: float = 1e-3              # Adam's learning rate
+    lr_decay: float = 1.0         # the learning rate is multiplied by this after every epoch
+    #                               (1: constant; 0.99 hurt on validation, see DECISIONS.md)
+    batch_size: int = 128         # images per gradient step (256 with lr 1.5e-3 hurt)
     weight_average: float = 0.999  # moving average of the weights, validated and kept: its
     #                                decay per step (0: no average, the weights as trained)
     average_every: int = 4        # steps between two updates of that average

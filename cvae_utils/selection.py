@@ -80,10 +80,8 @@ class Decision:
 DECISIONS = (
     Decision("the decoder reads x and z", "cvae", {"decoder_sees_x": False}, "model"),
     Decision("KL warm-up", "cvae", {"kl_warmup_epochs": 0}),
-    Decision("learning-rate decay per epoch", "cvae", {"lr_decay": 1.0}),
     Decision("moving average of the weights", "cvae", {"weight_average": 0.0}),
     Decision("KL in closed form", "cvae", {"analytic_kl": False}, "model"),
-    Decision("batch 256 and lr 1.5e-3", "cvae", {"batch_size": 128, "lr": 1e-3}, "speed"),
     Decision("patience 6", "cvae", {"patience": 3}),
     Decision("min_delta 0.05", "cvae", {"min_delta": 0.0}, "speed"),
     Decision("baseline: batch 256", "baseline", {"batch_size": 128}, "speed"),

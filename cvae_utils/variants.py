@@ -328,8 +328,9 @@ def variant_comparison(table: "pd.DataFrame", key_a: str, key_b: str) -> dict[st
 
 # why a correspondence is not exact, in this book's words (the numbers from the configs)
 _BOOK, _TUTORIAL = CVAEConfig(), tutorial_config()
-_RECIPE = (f"ours adds KL warm-up, batch {_BOOK.batch_size}, a decaying lr, "
-           f"patience {_BOOK.patience}")  # the book's recipe
+_RECIPE = (f"ours adds KL warm-up, batch {_BOOK.batch_size}"
+           + (", a decaying lr" if _BOOK.lr_decay < 1 else "")
+           + f", patience {_BOOK.patience}")  # the book's recipe
 _TORCHZQ_NOTES = {
     "CVAE (w/ conditioned decoder, w/o baseline)": _RECIPE,
     "CVAE (w/ conditioned decoder)": _RECIPE,

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cvae_utils.config import CVAEConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if p.name != "common.py")
 
@@ -85,8 +87,9 @@ def test_bench_memory_executes_a_chapter_with_a_probe_per_cell(tmp_path, mnist_r
 
 def test_profile_step(tmp_path, mnist_root):
     out = run("profile_step.py", tmp_path=tmp_path, mnist_root=mnist_root)
-    assert "== baseline step (train_baseline: batch 256" in out
-    assert "== CVAE step (train_cvae after its first epoch: batch 256" in out
+    config = CVAEConfig()
+    assert f"== baseline step (train_baseline: batch {config.baseline.batch_size}" in out
+    assert f"== CVAE step (train_cvae after its first epoch: batch {config.batch_size}" in out
     for group in ("matrix products", "Adam (optimizer)", "other"):
         assert len(re.findall(rf"{re.escape(group)} +\d+\.\d+ ms/step", out)) == 2, group
 
