@@ -16,7 +16,7 @@ from cvae_utils import (BaselineConfig, CVAEConfig, make_quadrant_data, train_ba
                         trained_baseline, tutorial_config)
 import book_terminal as terminal  # book/_ext, on sys.path from tests/conftest.py
 from book_kernel import TRANSPORT_WARNING, DropTransportWarning
-from book_plan import build_plan, needs_of
+from book_plan import TYPICAL_STOP, build_plan, needs_of
 from cvae_utils import progress
 from cvae_utils.cache import checkpoint_path, model_key
 from cvae_utils.config import Budget
@@ -189,6 +189,26 @@ def test_plan_estimates_only_what_the_executing_chapters_train(cache_path):
     text = "\n".join(plan.lines())
     assert "to train (smoke): 3 baseline k=1,2,3, 2 epochs" in text
     assert "estimated time on this machine" in text
+
+
+def test_a_paper_plan_expects_early_stopping_and_prints_the_bound(cache_path):
+    """With nothing cached, a paper run is expected to stop where the book's paper runs did (a
+    smoke run always reaches its cap); the plan prints the time of runs that never stop early
+    as the bound."""
+    paper = Budget("paper", num_train=64, num_val=32, num_test=16, max_epochs=50)
+    plan = build_plan(paper, paper, chapters=["baseline"], needs={"book"}, config=SMALL)
+    assert {m.kind for m in plan.to_train} == {"baseline", "cvae"}
+    for model in plan.to_train:
+        assert model.epochs == round(TYPICAL_STOP[model.kind] * 50) < model.max_epochs == 50
+        assert model.max_seconds == pytest.approx(50 * model.seconds_per_epoch)
+    assert plan.seconds < plan.max_seconds
+    text = "\n".join(plan.lines())
+    cvae_epochs = round(TYPICAL_STOP["cvae"] * 50)
+    assert f"about {cvae_epochs} epochs (typical of paper runs; at most 50) x" in text
+    assert text.count("if no run stops early") == 1
+    smoke = Budget("smoke", num_train=64, num_val=32, num_test=16, max_epochs=2)
+    plan = build_plan(smoke, smoke, chapters=["baseline"], needs={"book"}, config=SMALL)
+    assert plan.seconds == plan.max_seconds and "stops early" not in "\n".join(plan.lines())
 
 
 def test_the_cll_table_and_the_variants_report_each_item(tiny_data, tmp_path, progress_file):

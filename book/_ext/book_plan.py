@@ -8,10 +8,11 @@ those that are missing.
 `BuildPlan.lines` formats it for the terminal; the book's Sphinx extension (``book_build.py``)
 prints it before the first chapter runs.
 
-The time of a model is its epochs times its time per epoch. The epochs are the budget's cap (a
-smoke or quick run always reaches it; early stopping can end a paper run sooner, so that estimate
-is an upper bound, and says so) unless a cached run of the same kind at the same budget shows how
-many its early stopping took. The time per epoch comes, in this order, from cached runs of the
+The time of a model is its epochs times its time per epoch. A smoke or quick run always reaches
+its budget's cap. Early stopping ends a paper run sooner: the plan expects the median epochs of
+the cached paper runs of the same kind, or, with none cached, the fraction of the cap at which
+the book's paper runs stopped when measured (`TYPICAL_STOP`), and prints the time of runs that
+never stop early as the bound. The time per epoch comes, in this order, from cached runs of the
 same kind at the same budget (their recorded ``History.seconds``), from cached runs at another
 budget scaled by the number of training images, or from a short measurement now: a few
 minibatches of the real training step on random images. Scoring (the CLL table and the variants
@@ -56,6 +57,12 @@ __all__ = ["PlannedModel", "BuildPlan", "build_plan", "needs_of", "precision_pat
 
 MIN_SCALED_IMAGES = 10_000  # cached runs on fewer training images are not scaled to others
 
+# Where early stopping ended the paper runs of the book's recipe, as a fraction of the cap of
+# 100 epochs (30 for the classifier): over k = 1, 2, 3 and training seeds 0, 1, 2 (the
+# classifier: its one run) of the paper build of 2026-12-06 on the 2-core AMX VM (DECISIONS.md,
+# "Build time"). A plan with no cached paper run of a kind expects that many epochs.
+TYPICAL_STOP = {"baseline": 0.29, "cvae": 0.58, "classifier": 0.6}
+
 
 @dataclass
 class PlannedModel:
@@ -71,7 +78,7 @@ class PlannedModel:
     epochs: float = 0.0         # epochs expected if trained now
     seconds_per_epoch: float = float("nan")
     source: str = ""            # where seconds_per_epoch comes from
-    epochs_bound: bool = False  # epochs is the cap of a run that early stopping may end sooner
+    epochs_source: str = ""     # why that many: "" (the cap), "typical" or "cached" (paper runs)
     needed: bool = True         # asked for by a chapter that will execute
     num_quadrants: int | None = None  # None for the classifier
     seed: int = 0               # its training seed
@@ -79,6 +86,11 @@ class PlannedModel:
     @property
     def seconds(self) -> float:
         return 0.0 if self.cached else self.epochs * self.seconds_per_epoch
+
+    @property
+    def max_seconds(self) -> float:
+        """Its time if early stopping never ends it before the cap."""
+        return 0.0 if self.cached else self.max_epochs * self.seconds_per_epoch
 
 
 @dataclass
@@ -95,7 +107,6 @@ class BuildPlan:
     chapters: list[str] = field(default_factory=list)   # chapters that will execute
     cached_chapters: list[str] = field(default_factory=list)  # taken from the execution cache
     seconds_per_chapter: float = 0.0  # kernel start and imports, per chapter that executes
-    upper_bound: bool = False         # some epochs are the cap of an early-stopping run
 
     @property
     def to_train(self) -> list[PlannedModel]:
@@ -104,9 +115,17 @@ class BuildPlan:
     @property
     def seconds(self) -> float:
         """Estimated time of the chapters that will execute (0 when none will)."""
+        return self._total(lambda model: model.seconds)
+
+    @property
+    def max_seconds(self) -> float:
+        """That time if no run stops early: the bound."""
+        return self._total(lambda model: model.max_seconds)
+
+    def _total(self, model_seconds) -> float:
         if not self.chapters:
             return 0.0
-        return (sum(model.seconds for model in self.to_train)
+        return (sum(model_seconds(model) for model in self.to_train)
                 + sum(seconds for _, seconds in self.scoring)
                 + self.seconds_per_chapter * len(self.chapters))
 
@@ -130,15 +149,18 @@ class BuildPlan:
             groups.setdefault((name, model.budget.name, model.source), []).append(model)
         for (name, budget_name, source), models in groups.items():
             first = models[0]
-            bound = "at most " if first.epochs_bound else ""
+            epochs = f"{first.epochs:.0f} epoch{'s' * (first.epochs != 1)}"
+            if first.epochs_source:
+                why = {"typical": "typical of paper runs",
+                       "cached": "median of the cached paper runs"}[first.epochs_source]
+                epochs = f"about {epochs} ({why}; at most {first.max_epochs})"
             quadrants = sorted({m.num_quadrants for m in models if m.num_quadrants is not None})
             seeds = sorted({m.seed for m in models})
             which = (f" k={','.join(map(str, quadrants))}" if quadrants
                      and name != "variant CVAEs" else "")
             which += f" seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else ""
             count = f"{len(models)} " if len(models) > 1 else ""
-            out.append(f"  to train ({budget_name}): {count}{name}{which}, {bound}"
-                       f"{first.epochs:.0f} epoch{'s' * (first.epochs != 1)} x "
+            out.append(f"  to train ({budget_name}): {count}{name}{which}, {epochs} x "
                        f"{first.seconds_per_epoch:.2f} s each ({source}): "
                        f"{format_duration(sum(m.seconds for m in models))}")
         missing = [m for m in self.models if not m.cached and not m.needed]
@@ -153,7 +175,8 @@ class BuildPlan:
                           if self.cached_chapters else "")
                        + f"; about {format_duration(self.seconds_per_chapter)} each for its "
                          f"kernel, imports, data and figures")
-            bound = ", at most: early stopping usually ends sooner" if self.upper_bound else ""
+            bound = (f" (at most {format_duration(self.max_seconds)} if no run stops early)"
+                     if self.max_seconds > self.seconds else "")
             out.append(f"estimated time on this machine: {format_duration(self.seconds)}"
                        f"{bound}")
         else:
@@ -275,19 +298,19 @@ def _models(budget: Budget, variants: Budget, config: CVAEConfig, directory) -> 
             for model in book_models(budget, variants, config, directory)]
 
 
-def _estimate_epochs(models: list[PlannedModel], runs: list[dict], config: CVAEConfig) -> bool:
-    """Fill in epochs and seconds per epoch of the models to train; True if some are bounds."""
+def _estimate_epochs(models: list[PlannedModel], runs: list[dict], config: CVAEConfig) -> None:
+    """Fill in epochs and seconds per epoch of the models to train."""
     measured: dict[str, tuple[float, float]] = {}
-    upper = False
     for model in models:
         if model.cached or not model.needed:
             continue
         kind = "baseline" if model.kind == "classifier" else model.kind  # a smaller MLP
         same = [r for r in runs if r["kind"] == model.kind and r["budget"] == model.budget.name]
-        model.epochs = (statistics.median(r["epochs"] for r in same) if same
-                        else model.max_epochs)
-        model.epochs_bound = not same and model.budget.name == "paper"
-        upper = upper or model.epochs_bound
+        model.epochs = model.max_epochs
+        if model.budget.name == "paper":  # early stopping ends it sooner
+            model.epochs_source = "cached" if same else "typical"
+            model.epochs = (statistics.median(r["epochs"] for r in same) if same
+                            else round(TYPICAL_STOP[model.kind] * model.max_epochs))
         similar = same or [r for r in runs
                            if r["kind"] == kind and r["budget"] == model.budget.name]
         if similar:
@@ -315,7 +338,6 @@ def _estimate_epochs(models: list[PlannedModel], runs: list[dict], config: CVAEC
         model.seconds_per_epoch = (step * (steps + model.budget.num_val / batch / 3)
                                    + first_extra / model.epochs)
         model.source = "measured now"
-    return upper
 
 
 def _scoring(budget: Budget, variants: Budget, config: CVAEConfig, directory, needs: set,
@@ -364,7 +386,7 @@ def build_plan(budget: Budget | str | None = None, variants_budget: Budget | str
     for model in plan.models:
         model.needed = bool(model.groups & needs)
     if plan.to_train:
-        plan.upper_bound = _estimate_epochs(plan.models, recorded_runs(directory), config)
+        _estimate_epochs(plan.models, recorded_runs(directory), config)
     if _scoring(budget, variants, config, directory, needs, 0.0):
         per_image = measure_scoring_seconds(config)
         plan.scoring = _scoring(budget, variants, config, directory, needs, per_image)
