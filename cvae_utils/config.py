@@ -99,10 +99,16 @@ def _choice(owner: str, name: str, value, choices: tuple[str, ...]) -> None:
 
 
 class _Config:
-    """What the three configs share: ``to_dict`` and ``replace``."""
+    """What the three configs share: ``to_dict``, ``replace`` and ``differences``."""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def differences(self, other: "_Config") -> dict:
+        """The fields where this config differs from ``other``, with this config's values as
+        ``to_dict`` gives them (a nested baseline as a dict), e.g. ``{"z_dim": 50}``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {name: value for name, value in mine.items() if value != theirs[name]}
 
     def replace(self, **changes):
         """A copy with some fields changed, e.g. ``config.replace(z_dim=50)``.

@@ -115,13 +115,10 @@ def variants_overview(base: CVAEConfig | None = None) -> "pd.DataFrame":
     import pandas as pd
 
     base = base if base is not None else CVAEConfig()
-    base_fields = base.to_dict()
     changes = []
     for key in VARIANTS:
-        config = variant_config(key, base)
-        diff = [f"{name}={value!r}" for name, value in config.to_dict().items()
-                if value != base_fields[name]]
-        changes.append(", ".join(diff) or "none")
+        diff = variant_config(key, base).differences(base)
+        changes.append(", ".join(f"{name}={value!r}" for name, value in diff.items()) or "none")
     return pd.DataFrame({"label": list(VARIANT_LABELS.values()), "changes": changes,
                          "description": list(VARIANTS.values())},
                         index=pd.Index(list(VARIANTS), name="key"))

@@ -138,3 +138,12 @@ def test_replace_names_unknown_fields_and_changes_the_baseline_by_dict():
     assert changed.baseline.lr == 0.01 and changed.lr == config.lr
     with pytest.raises(TypeError, match="BaselineConfig has no field z_dim"):
         config.replace(baseline={"z_dim": 3})
+
+
+def test_differences_name_each_changed_field_with_this_configs_value():
+    book = CVAEConfig()
+    assert book.differences(book) == {}
+    other = book.replace(z_dim=50, baseline={"lr": 0.01})
+    assert other.differences(book) == {"z_dim": 50, "baseline": other.baseline.to_dict()}
+    assert book.differences(other) == {"z_dim": book.z_dim, "baseline": book.baseline.to_dict()}
+    assert other.baseline.differences(book.baseline) == {"lr": 0.01}

@@ -258,13 +258,12 @@ def test_book_config_is_the_default_and_departs_from_the_tutorial_in_its_recipe(
     from cvae_utils import book_config
 
     assert book_config() == CVAEConfig()
-    book, tutorial = CVAEConfig().to_dict(), tutorial_config().to_dict()
-    changed = {name for name in book if book[name] != tutorial[name]}
-    assert changed == {"baseline", "decoder_sees_x", "analytic_kl", "kl_warmup_epochs",
-                       "weight_average", "precision", "patience", "min_delta"}
+    book, tutorial = CVAEConfig(), tutorial_config()
+    assert set(book.differences(tutorial)) == {
+        "baseline", "decoder_sees_x", "analytic_kl", "kl_warmup_epochs", "weight_average",
+        "precision", "patience", "min_delta"}
     # the baseline's own training (batch, precision), not its network or its rate
-    base, tutorial_base = book["baseline"], tutorial["baseline"]
-    assert {n for n in base if base[n] != tutorial_base[n]} == {"batch_size", "precision"}
+    assert set(book.baseline.differences(tutorial.baseline)) == {"batch_size", "precision"}
     assert tutorial_config().precision == tutorial_config().baseline.precision == "fp32"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import fields
 
 import pandas as pd
 import pytest
@@ -36,11 +35,6 @@ KEYS = ("pyro_tutorial", "tutorial", "book", "gsnn", "hybrid", "joint", "no_base
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def changed_fields(config: CVAEConfig, reference: CVAEConfig) -> dict:
-    return {f.name: getattr(config, f.name) for f in fields(CVAEConfig)
-            if getattr(config, f.name) != getattr(reference, f.name)}
-
-
 # ------------------------------------------------------------------------------------------------
 # Configurations and budget
 # ------------------------------------------------------------------------------------------------
@@ -52,12 +46,12 @@ def test_each_variant_changes_exactly_its_field():
                 "hybrid": {"objective": "hybrid"}, "joint": {"joint_baseline": True},
                 "no_baseline_prior": {"prior_uses_baseline": False}}
     for key, changes in expected.items():
-        assert changed_fields(variant_config(key), CVAEConfig()) == changes, key
+        assert variant_config(key).differences(CVAEConfig()) == changes, key
         assert VARIANT_CHANGES[key].items() >= changes.items()
     assert variant_config("hybrid").hybrid_alpha == 0.5
     assert variant_config("book") == CVAEConfig()
     # a given base is kept in every other field
-    assert changed_fields(variant_config("gsnn", TINY), TINY) == {"objective": "gsnn"}
+    assert variant_config("gsnn", TINY).differences(TINY) == {"objective": "gsnn"}
     assert variant_config("tutorial", TINY).hidden_1 == 16
 
 
@@ -66,12 +60,12 @@ def test_reference_row_is_the_tutorials_cvae_on_the_shared_baseline():
     for base in (CVAEConfig(), TINY):
         reference = variant_config("pyro_tutorial", base)
         # the tutorial's CVAE in every field of its own ...
-        assert changed_fields(reference, tutorial) == {"baseline": base.baseline}
+        assert reference.differences(tutorial) == {"baseline": base.baseline.to_dict()}
         # ... on the base's baseline, the one every row reads: the same cached baseline
         assert model_key("baseline", reference, TINY_BUDGET, 1) == model_key(
             "baseline", base, TINY_BUDGET, 1)
     # against the book, it resets the book's recipe to the tutorial's values, and nothing else
-    recipe = changed_fields(variant_config("pyro_tutorial"), CVAEConfig())
+    recipe = variant_config("pyro_tutorial").differences(CVAEConfig())
     assert recipe == {"decoder_sees_x": False, "analytic_kl": False, "kl_warmup_epochs": 0,
                       "weight_average": 0.0, "precision": "fp32", "patience": 3,
                       "min_delta": 0.0}
