@@ -17,10 +17,13 @@ calls "Maximum resident set size"; a build's figure is that of its largest chapt
   every code cell: per cell its seconds, the resident memory after it and the peak so far, the
   cells that raised the peak marked. It trains nothing: a model the cache (``CVAE_CACHE_DIR``)
   lacks stops the chapter with an error, so fill the cache first (``python -m cvae_utils train
-  --book``). Needs jupytext and nbclient (installed with jupyter-book).
+  --book``); with ``--train`` it trains what the cache lacks, as the build does (the
+  evaluation chapter trains the table's seeds after the first: its kernel holds the build's
+  peak). Needs jupytext and nbclient (installed with jupyter-book).
 
 Examples:  python benchmarks/bench_memory.py --compare
            CVAE_BUDGET=paper python benchmarks/bench_memory.py --chapter evaluation
+           CVAE_BUDGET=paper python benchmarks/bench_memory.py --chapter evaluation --train
 Smoke test (``--tiny``): 200 test images, S = 4 (the chapter mode runs as asked).
 """
 from __future__ import annotations
@@ -182,6 +185,9 @@ def _no_training(key, directory, module, train_fn, use_cache=True, progress=None
         raise RuntimeError(f"bench_memory trains nothing: {path} is not in the model cache")
     return _cached_model(key, directory, module, train_fn, use_cache, progress)
 _cache.cached_model = _classifier.cached_model = _no_training
+'''
+
+PROBE = '''
 def _bench_memory_probe(tag):
     import resource, time
     with open("/proc/self/status", encoding="ascii") as status:
@@ -192,15 +198,16 @@ _bench_memory_probe("start")
 '''
 
 
-def run_chapter(name: str, timeout: int) -> float:
-    """Execute ``book/<name>.md`` with a probe after every code cell; print them; the peak."""
+def run_chapter(name: str, timeout: int, train: bool = False) -> float:
+    """Execute ``book/<name>.md`` with a probe after every code cell; print them; the peak.
+    ``train``: train the models the cache lacks (else a missing model stops the chapter)."""
     import jupytext
     import nbformat
     from nbclient import NotebookClient
 
     book = common.ROOT / "book"
     notebook = jupytext.read(book / f"{name}.md")
-    cells, first_lines = [nbformat.v4.new_code_cell(GUARD)], {}
+    cells, first_lines = [nbformat.v4.new_code_cell(PROBE if train else GUARD + PROBE)], {}
     for index, cell in enumerate(notebook.cells):
         cells.append(cell)
         if cell.cell_type == "code":
@@ -255,6 +262,8 @@ def parse_args(argv=None):
                              "(default 6144; it reached 15,885 on the VM)")
     parser.add_argument("--chapter", action="append", default=[],
                         help="execute this chapter of book/ instead (repeatable)")
+    parser.add_argument("--train", action="store_true",
+                        help="chapters: train the models the cache lacks, as the build does")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell (chapters)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     common.add_common_options(parser)
@@ -272,7 +281,7 @@ def main(argv=None):
         return None
     print(f"# bench_memory | {common.describe_machine()}")
     if args.chapter:
-        return {name: run_chapter(name, args.timeout) for name in args.chapter}
+        return {name: run_chapter(name, args.timeout, args.train) for name in args.chapter}
     return run_estimators(args)
 
 

@@ -54,7 +54,8 @@ import numpy as np
 import torch
 
 from .progress import item_done
-from .cache import cache_dir, code_digest, key_digest, model_key, trained_baseline, trained_cvae
+from .cache import (cache_dir, code_digest, free_memory, key_digest, model_key,
+                    trained_baseline, trained_cvae)
 from .config import Budget, CVAEConfig, get_budget
 from .data import (NUM_PIXELS, MNISTData, check_num_quadrants, load_mnist, make_quadrant_data,
                    quadrant_label)
@@ -501,7 +502,6 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
     scores = Scores(CLL_ROWS)
     done, total = 0, len(ks) * len(seeds)
     for k in ks:
-        test = make_quadrant_data(test_split, k)                         # (num_test, 784) each
         for training_seed in seeds:
             start = time.perf_counter()
             model_config = seeded(config, training_seed)
@@ -510,6 +510,7 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
             baseline = (trained_baseline(k, model_config, budget, data, device=device,
                                          progress=progress, use_cache=use_cache, cache=cache)[0]
                         if config.joint_baseline else cvae.baseline)
+            test = make_quadrant_data(test_split, k)  # (num_test, 784) each; after training
             nn = baseline_ncll(baseline, test)
             importance = cvae_importance_sampling(cvae, test, num_samples, seed)
             scores.record("baseline", k, nn)
@@ -517,13 +518,14 @@ def cll_table(num_quadrants: Sequence[int] = (1, 2, 3), config: CVAEConfig | Non
             scores.record("mc_prior", k, cvae_mc_prior(cvae, test, num_samples, seed))
             scores.record("importance", k, importance)
             scores.record("gap", k, nn.values.double() - importance.values.double())  # (N,)
-            del cvae, baseline                      # one model in memory at a time
+            del cvae, baseline, test                # one model in memory at a time
+            free_memory()
             done += 1
             name = seed_note(k, training_seed, seeds)
             say(progress, f"{name}: " + ", ".join(f"{row} {scores.last_mean(row, k):.2f}"
                                                   for row in CLL_ROWS)
-                + f" ({time.perf_counter() - start:.1f} s, N={len(test)})")
-            item_done("CLL table", done, total, f"{name}, N={len(test)}: NN {nn.mean:.2f}, "
+                + f" ({time.perf_counter() - start:.1f} s, N={len(test_split)})")
+            item_done("CLL table", done, total, f"{name}, N={len(test_split)}: NN {nn.mean:.2f}, "
                       f"CVAE IS {importance.mean:.2f}", time.perf_counter() - start)
     frame = make_table(scores.values(), index_name="method",
                        **{**attrs, "num_test": len(test_split)})

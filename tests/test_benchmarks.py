@@ -85,6 +85,14 @@ def test_bench_memory_executes_a_chapter_with_a_probe_per_cell(tmp_path, mnist_r
     assert re.search(r"^chapter maths: peak \d+ MiB, \d+ s$", out, re.M), out
 
 
+def test_bench_memory_trains_a_chapter_s_models_when_asked(tmp_path, mnist_root):
+    out = run("bench_memory.py", "--chapter", "baseline", "--train", tmp_path=tmp_path,
+              mnist_root=mnist_root)
+    assert re.search(r"^chapter baseline: peak \d+ MiB, \d+ s$", out, re.M), out
+    assert sorted(p.name[:11] for p in (tmp_path / "cache").glob("baseline-*.pt")) == [
+        "baseline-k1", "baseline-k2", "baseline-k3"]
+
+
 def test_profile_step(tmp_path, mnist_root):
     out = run("profile_step.py", tmp_path=tmp_path, mnist_root=mnist_root)
     config = CVAEConfig()
