@@ -182,8 +182,9 @@ class CVAEConfig(_Config):
     precision: str = "auto"       # matrix products of training: "fp32", "bf16" or "auto"
     # early stopping
     patience: int = 6             # epochs without a counted improvement before stopping
-    min_delta: float = 0.05       # nats per image: a smaller fall of the validation loss is
-    #                               not counted as an improvement (0: every fall is)
+    min_delta: float = 0.0        # nats per image: a smaller fall of the validation loss is
+    #                               not counted as an improvement (0: every fall is; 0.05
+    #                               hurt on validation, see DECISIONS.md)
     # what the run records besides the weights
     snapshot_inputs: int = 8      # test inputs whose completions are recorded every epoch
     snapshot_samples: int = 8     # completions per input and epoch (the training animation)

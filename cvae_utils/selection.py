@@ -83,7 +83,6 @@ DECISIONS = (
     Decision("moving average of the weights", "cvae", {"weight_average": 0.0}),
     Decision("KL in closed form", "cvae", {"analytic_kl": False}, "model"),
     Decision("patience 6", "cvae", {"patience": 3}),
-    Decision("min_delta 0.05", "cvae", {"min_delta": 0.0}, "speed"),
     Decision("baseline: batch 256", "baseline", {"batch_size": 128}, "speed"),
     Decision("baseline: bf16 products", "baseline", {"precision": "fp32"}, "speed"),
     Decision("CVAE: bf16 products", "cvae", {"precision": "fp32"}, "speed"),

@@ -67,8 +67,7 @@ def test_reference_row_is_the_tutorials_cvae_on_the_shared_baseline():
     # against the book, it resets the book's recipe to the tutorial's values, and nothing else
     recipe = variant_config("pyro_tutorial").differences(CVAEConfig())
     assert recipe == {"decoder_sees_x": False, "analytic_kl": False, "kl_warmup_epochs": 0,
-                      "weight_average": 0.0, "precision": "fp32", "patience": 3,
-                      "min_delta": 0.0}
+                      "weight_average": 0.0, "precision": "fp32", "patience": 3}
     changes = variants_overview().loc["pyro_tutorial", "changes"]
     assert changes.startswith("decoder_sees_x=False") and "kl_warmup_epochs=0" in changes
     assert "patience=3" in changes and "weight_average=0.0" in changes
