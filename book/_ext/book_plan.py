@@ -59,8 +59,9 @@ MIN_SCALED_IMAGES = 10_000  # cached runs on fewer training images are not scale
 
 # Where early stopping ended the paper runs of the book's recipe, as a fraction of the cap of
 # 100 epochs (30 for the classifier): over k = 1, 2, 3 and training seeds 0, 1, 2 (the
-# classifier: its one run) of the 3-seed paper build of 61f019d on the 2-core AMX VM (DECISIONS.md,
-# "Build time"). A plan with no cached paper run of a kind expects that many epochs.
+# classifier: its one run) of the 3-seed paper build of 61f019d on the 2-core AMX VM
+# (DECISIONS.md, "Build time"). A plan with no cached paper run of a kind expects that many
+# epochs.
 TYPICAL_STOP = {"baseline": 0.29, "cvae": 0.71, "classifier": 0.6}
 
 
